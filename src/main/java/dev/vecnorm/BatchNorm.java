@@ -1,0 +1,351 @@
+package dev.vecnorm;
+
+import dev.vecnorm.kernel.BatchNormEngine;
+import dev.vecnorm.kernel.BatchNormKernels;
+import dev.vecnorm.kernel.KernelProvider;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Objects;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.ForkJoinPool;
+
+/**
+ * Batch normalization (Ioffe and Szegedy, 2015) for one tensor shape: forward in training and
+ * inference mode, backward, and the running-statistics update, over off-heap or heap
+ * {@link MemorySegment}s of float32 in native byte order.
+ *
+ * <p>With M = {@code shape.perChannel()} values per channel, training normalises each channel
+ * with the batch statistics
+ * <pre>
+ *   mean = sum(x) / M,   var = sum((x - mean)^2) / M   (biased),
+ *   y = gamma * (x - mean) / sqrt(var + eps) + beta
+ * </pre>
+ * computed in one pass over x (shifted sums in double per chunk, chunks merged with Chan's
+ * formula), so the variance stays accurate when |mean| is many standard deviations from zero;
+ * inference uses given (population) statistics instead.
+ *
+ * <p>Conventions of every call:
+ * <ul>
+ *   <li>Tensors hold exactly {@code shape.elements()} floats, channel vectors exactly
+ *       {@code shape.channels()}; {@code gamma} and {@code beta} may be null (1 and 0),
+ *       {@code dgamma} and {@code dbeta} may be null (not computed).</li>
+ *   <li>{@code y} may be the same segment as {@code x}, and {@code dx} the same as {@code dy};
+ *       any other overlap of an output with an input or another output is rejected.</li>
+ *   <li>Wrong sizes, nulls where not allowed, read-only outputs, closed segments and overlaps
+ *       throw {@link IllegalArgumentException} or {@link NullPointerException} naming the
+ *       argument, before anything is written.</li>
+ *   <li>NaN or infinity in a channel poisons that channel's statistics and outputs only.</li>
+ *   <li>A call returns when every output is written and keeps no reference to any segment.</li>
+ * </ul>
+ *
+ * <p>Instances are immutable and thread-safe. With {@code parallelism > 1} a call splits its work
+ * across the executor; results are bitwise identical for every parallelism (the reductions are cut
+ * into chunks that depend on the shape only and merged in a fixed order), and also between the
+ * vector kernels of every width and the scalar kernels. Segments confined to the calling thread
+ * ({@code Arena.ofConfined()}) are processed on the calling thread alone.
+ */
+public final class BatchNorm {
+
+    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+
+    private final TensorShape shape;
+    private final float epsilon;
+    private final float momentum;
+    private final int parallelism;
+    private final BatchNormEngine engine;
+    private final BatchNormEngine serial;
+
+    private BatchNorm(Builder b) {
+        this.shape = b.shape;
+        this.epsilon = b.epsilon;
+        this.momentum = b.momentum;
+        this.parallelism = b.parallelism;
+        BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
+        ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
+        this.serial = new BatchNormEngine(kernels, shape, epsilon, 1, executor);
+        this.engine = parallelism == 1 ? serial
+                : new BatchNormEngine(kernels, shape, epsilon, parallelism, executor);
+    }
+
+    /** A builder for {@code shape}: epsilon 1e-5, momentum 0.1, parallelism 1. */
+    public static Builder builder(TensorShape shape) {
+        return new Builder(Objects.requireNonNull(shape, "shape: expected a TensorShape, got null"));
+    }
+
+    /** The shape every call's tensors must have. */
+    public TensorShape shape() {
+        return shape;
+    }
+
+    /** The epsilon added to the variance before the square root. */
+    public float epsilon() {
+        return epsilon;
+    }
+
+    /** The weight of the batch statistics in {@link #updateRunningStatistics}. */
+    public float momentum() {
+        return momentum;
+    }
+
+    /** The number of threads a call may use (1: the calling thread only). */
+    public int parallelism() {
+        return parallelism;
+    }
+
+    /** The kernels this JVM uses, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
+    public static String kernels() {
+        return KernelProvider.kernels().description();
+    }
+
+    /** The kernels this instance calls (the JVM's, unless a test gave others). */
+    String instanceKernels() {
+        return engine.kernels().description();
+    }
+
+    /**
+     * Training-mode forward: normalises each channel with this batch's statistics.
+     * <pre>
+     *   mean[c] = sum(x[., c, .]) / M,   variance[c] = sum((x - mean[c])^2) / M   (biased)
+     *   y = gamma[c] * (x - mean[c]) / sqrt(variance[c] + eps) + beta[c]
+     * </pre>
+     * {@code mean} and {@code variance} are written for {@link #backward} and
+     * {@link #updateRunningStatistics}. {@code y} may be {@code x}.
+     *
+     * @param x        input, {@code shape.elements()} floats
+     * @param gamma    scale per channel, or null for 1
+     * @param beta     shift per channel, or null for 0
+     * @param y        output, {@code shape.elements()} floats
+     * @param mean     output, the batch mean per channel
+     * @param variance output, the biased batch variance per channel
+     * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps
+     *                                  another argument, or M = 1 (the variance of one value is
+     *                                  not an estimate of anything)
+     * @throws NullPointerException     if x, y, mean or variance is null
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
+                                MemorySegment y, MemorySegment mean, MemorySegment variance) {
+        requireBatchOfMany("forwardTraining");
+        long e = shape.elements();
+        int c = shape.channels();
+        Arguments args = new Arguments()
+                .input("x", x, e, "the input tensor", false)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .output("y", y, e, "the output tensor", false)
+                .output("mean", mean, c, "one mean per channel", false)
+                .output("variance", variance, c, "one variance per channel", false);
+        args.checkOverlaps("y", "x");
+        engineFor(args).forwardTraining(x, gamma, beta, y, mean, variance);
+    }
+
+    /**
+     * Inference-mode forward with given statistics (the paper's Algorithm 2):
+     * {@code y = gamma[c] * (x - mean[c]) / sqrt(variance[c] + eps) + beta[c]}. {@code y} may be
+     * {@code x}. A negative variance below {@code -eps} gives NaN in that channel.
+     *
+     * @throws IllegalArgumentException if a size is wrong or an output is read-only or overlaps
+     * @throws NullPointerException     if x, mean, variance or y is null
+     */
+    public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
+                                 MemorySegment mean, MemorySegment variance, MemorySegment y) {
+        long e = shape.elements();
+        int c = shape.channels();
+        Arguments args = new Arguments()
+                .input("x", x, e, "the input tensor", false)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .input("mean", mean, c, "one mean per channel", false)
+                .input("variance", variance, c, "one variance per channel", false)
+                .output("y", y, e, "the output tensor", false);
+        args.checkOverlaps("y", "x");
+        engineFor(args).forwardInference(x, gamma, beta, mean, variance, y);
+    }
+
+    /**
+     * Gradients of {@link #forwardTraining} given the {@code mean} and {@code variance} it wrote
+     * (M = {@code shape.perChannel()}, invstd = 1 / sqrt(variance + eps)):
+     * <pre>
+     *   dbeta  = sum(dy)
+     *   dgamma = invstd * sum((x - mean) * dy)
+     *   dx     = gamma * invstd * (dy - dbeta / M - (x - mean) * invstd * dgamma / M)
+     * </pre>
+     * {@code dx} may be {@code dy}; {@code dgamma} and {@code dbeta} may be null.
+     *
+     * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps,
+     *                                  or M = 1
+     * @throws NullPointerException     if x, dy, mean, variance or dx is null
+     */
+    public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
+                         MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
+                         MemorySegment dbeta) {
+        requireBatchOfMany("backward");
+        Arguments args = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
+        engineFor(args).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false);
+    }
+
+    /**
+     * Backward when the statistics were inputs rather than functions of x (PyTorch in eval mode,
+     * oneDNN's use_global_stats), e.g. to fine-tune with frozen BatchNorm:
+     * {@code dx = gamma * invstd * dy}; {@code dgamma} and {@code dbeta} as in {@link #backward}.
+     * When both are null, x is not read (it must still have the right size).
+     *
+     * @throws IllegalArgumentException if a size is wrong or an output is read-only or overlaps
+     * @throws NullPointerException     if x, dy, mean, variance or dx is null
+     */
+    public void backwardWithFrozenStatistics(MemorySegment x, MemorySegment dy, MemorySegment gamma,
+                                             MemorySegment mean, MemorySegment variance,
+                                             MemorySegment dx, MemorySegment dgamma,
+                                             MemorySegment dbeta) {
+        Arguments args = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
+        engineFor(args).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, true);
+    }
+
+    private Arguments backwardArguments(MemorySegment x, MemorySegment dy, MemorySegment gamma,
+                                        MemorySegment mean, MemorySegment variance,
+                                        MemorySegment dx, MemorySegment dgamma,
+                                        MemorySegment dbeta) {
+        long e = shape.elements();
+        int c = shape.channels();
+        Arguments args = new Arguments()
+                .input("x", x, e, "the forward input tensor", false)
+                .input("dy", dy, e, "the gradient of the output", false)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("mean", mean, c, "one mean per channel", false)
+                .input("variance", variance, c, "one variance per channel", false)
+                .output("dx", dx, e, "the gradient of the input", false)
+                .output("dgamma", dgamma, c, "one gradient per channel", true)
+                .output("dbeta", dbeta, c, "one gradient per channel", true);
+        args.checkOverlaps("dx", "dy");
+        return args;
+    }
+
+    /**
+     * PyTorch's running-statistics update, in place on {@code runningMean} and
+     * {@code runningVariance}:
+     * <pre>
+     *   runningMean     = (1 - momentum) * runningMean     + momentum * mean
+     *   runningVariance = (1 - momentum) * runningVariance + momentum * variance * M / (M - 1)
+     * </pre>
+     * where {@code variance} is the biased batch variance that {@link #forwardTraining} wrote, so
+     * the running variance tracks the unbiased estimate. Computed in double, rounded once.
+     *
+     * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps
+     *                                  another argument, or M = 1
+     * @throws NullPointerException     if any argument is null
+     */
+    public void updateRunningStatistics(MemorySegment mean, MemorySegment variance,
+                                        MemorySegment runningMean, MemorySegment runningVariance) {
+        requireBatchOfMany("updateRunningStatistics");
+        int c = shape.channels();
+        new Arguments()
+                .input("mean", mean, c, "the batch mean per channel", false)
+                .input("variance", variance, c, "the biased batch variance per channel", false)
+                .output("runningMean", runningMean, c, "one running mean per channel", false)
+                .output("runningVariance", runningVariance, c, "one running variance per channel", false)
+                .checkOverlaps();
+        long m = shape.perChannel();
+        double unbias = (double) m / (m - 1);
+        double keep = 1.0 - momentum;
+        for (int i = 0; i < c; i++) {
+            double rm = keep * runningMean.getAtIndex(F32, i) + momentum * (double) mean.getAtIndex(F32, i);
+            double rv = keep * runningVariance.getAtIndex(F32, i)
+                    + momentum * (variance.getAtIndex(F32, i) * unbias);
+            runningMean.setAtIndex(F32, i, (float) rm);
+            runningVariance.setAtIndex(F32, i, (float) rv);
+        }
+    }
+
+    private void requireBatchOfMany(String call) {
+        if (shape.perChannel() < 2) {
+            throw new IllegalArgumentException("shape: " + call + " expected at least 2 values per"
+                    + " channel (batch * spatial), got " + shape.perChannel());
+        }
+    }
+
+    private BatchNormEngine engineFor(Arguments args) {
+        return engine == serial || args.shareable() ? engine : serial;
+    }
+
+    @Override
+    public String toString() {
+        return "BatchNorm[" + shape + ", epsilon=" + epsilon + ", momentum=" + momentum
+                + ", parallelism=" + parallelism + ", kernels=" + instanceKernels() + "]";
+    }
+
+    /** Configures a {@link BatchNorm}; not thread-safe, reusable. */
+    public static final class Builder {
+        private final TensorShape shape;
+        private float epsilon = 1e-5f;
+        private float momentum = 0.1f;
+        private int parallelism = 1;
+        private ExecutorService executor;
+        private BatchNormKernels kernels;
+
+        private Builder(TensorShape shape) {
+            this.shape = shape;
+        }
+
+        /**
+         * The epsilon added to the variance (default 1e-5, PyTorch's).
+         *
+         * @throws IllegalArgumentException unless positive and finite
+         */
+        public Builder epsilon(float epsilon) {
+            if (!(epsilon > 0) || !Float.isFinite(epsilon)) {
+                throw new IllegalArgumentException("epsilon: expected a positive finite number, got " + epsilon);
+            }
+            this.epsilon = epsilon;
+            return this;
+        }
+
+        /**
+         * The running-statistics momentum (default 0.1, PyTorch's).
+         *
+         * @throws IllegalArgumentException unless in [0, 1]
+         */
+        public Builder momentum(float momentum) {
+            if (!(momentum >= 0 && momentum <= 1)) {
+                throw new IllegalArgumentException("momentum: expected a number in [0, 1], got " + momentum);
+            }
+            this.momentum = momentum;
+            return this;
+        }
+
+        /**
+         * The number of threads a call may use (default 1: the calling thread). Results do not
+         * depend on it.
+         *
+         * @throws IllegalArgumentException unless at least 1
+         */
+        public Builder parallelism(int parallelism) {
+            if (parallelism < 1) {
+                throw new IllegalArgumentException("parallelism: expected >= 1, got " + parallelism);
+            }
+            this.parallelism = parallelism;
+            return this;
+        }
+
+        /**
+         * The executor that runs the extra threads' work when {@code parallelism > 1} (default:
+         * the common ForkJoinPool). The caller's thread always runs one share itself. The library
+         * never shuts it down.
+         *
+         * @throws NullPointerException if null
+         */
+        public Builder executor(ExecutorService executor) {
+            this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
+            return this;
+        }
+
+        /** Tests only: run these kernels instead of the JVM's choice. */
+        Builder kernels(BatchNormKernels kernels) {
+            this.kernels = kernels;
+            return this;
+        }
+
+        /** A new immutable {@link BatchNorm}. */
+        public BatchNorm build() {
+            return new BatchNorm(this);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+package dev.vecnorm.kernel;
+
+import dev.vecnorm.Layout;
+import dev.vecnorm.TensorShape;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.concurrent.ExecutorService;
+
+/**
+ * Drives the kernels for one shape: splits each reduction into fixed chunks, merges the chunks'
+ * partial results in chunk order, and hands element-wise work to {@link Workers}. Arguments are
+ * validated by {@code BatchNorm} before any method here runs.
+ *
+ * <p><b>Determinism.</b> The chunks depend only on the shape (at most {@link #MAX_CHUNKS} per
+ * channel, about {@link #CHUNK_ELEMENTS} values or more each), never on the thread count, and
+ * partial results are merged in chunk order. With kernels that agree bit for bit (see
+ * {@link BatchNormKernels}), every output is therefore the same for every parallelism.
+ */
+public final class BatchNormEngine {
+
+    static final long CHUNK_ELEMENTS = 1L << 15;
+    static final int MAX_CHUNKS = 16;
+    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+
+    private final BatchNormKernels kernels;
+    private final int n;
+    private final int channels;
+    private final long spatial;
+    private final long m;
+    private final boolean nchw;
+    private final double epsilon;
+    private final Workers workers;
+    /** NCHW: planes per chunk and chunks per channel; NHWC: rows per chunk and chunks. */
+    private final long perChunk;
+    private final int chunks;
+
+    public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
+                           int parallelism, ExecutorService executor) {
+        this.kernels = kernels;
+        this.n = shape.batch();
+        this.channels = shape.channels();
+        this.spatial = shape.spatial();
+        this.m = shape.perChannel();
+        // With spatial = 1 both layouts are the same [N, C] matrix; rows vectorise across channels.
+        this.nchw = shape.layout() == Layout.NCHW && spatial > 1;
+        this.epsilon = epsilon;
+        this.workers = new Workers(parallelism, executor);
+        long units = nchw ? n : m;                       // what a chunk is made of: planes or rows
+        long wanted = Math.ceilDiv(m, CHUNK_ELEMENTS);
+        long chunkCount = Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
+        this.perChunk = Math.ceilDiv(units, chunkCount);
+        this.chunks = (int) Math.ceilDiv(units, perChunk);
+    }
+
+    /** The kernels this engine calls. */
+    public BatchNormKernels kernels() {
+        return kernels;
+    }
+
+    // ------------------------------------------------------------------------- forward training
+
+    public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
+                                MemorySegment y, MemorySegment mean, MemorySegment variance) {
+        float[] g = channelVector(gamma, 1f);
+        float[] b = channelVector(beta, 0f);
+        float[] mu = new float[channels];
+        float[] scale = new float[channels];
+        float[] offset = new float[channels];
+        if (nchw && channels >= workers.parallelism()) {
+            // One task per channel: statistics, then the normalisation while the slice is cached.
+            ChannelMoments moments = new ChannelMoments(channels);
+            workers.run(channels, c -> {
+                reduceChannel(x, c, moments);
+                trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
+                kernels.planeNormalize(x, y, planeOffset(0, c), planeStride(), n, spatial, mu[c],
+                        scale[c], offset[c]);
+            });
+            return;
+        }
+        ChannelMoments moments = statistics(x);
+        for (int c = 0; c < channels; c++) {
+            trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
+        }
+        transform(x, y, mu, scale, offset);
+    }
+
+    /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
+    private ChannelMoments statistics(MemorySegment x) {
+        ChannelMoments moments = new ChannelMoments(channels);
+        if (nchw) {
+            double[] s = new double[2 * channels * chunks];
+            workers.run(channels * chunks, t -> {
+                int c = t / chunks, k = t % chunks;
+                double[] out = new double[2];
+                kernels.planeMoments(x, planeOffset(k * perChunk, c), planeStride(), planes(k),
+                        spatial, shiftOf(x, c), out);
+                s[2 * t] = out[0];
+                s[2 * t + 1] = out[1];
+            });
+            for (int c = 0; c < channels; c++) {
+                float shift = shiftOf(x, c);
+                for (int k = 0; k < chunks; k++) {
+                    int t = c * chunks + k;
+                    moments.mergeShiftedSums(c, planes(k) * spatial, shift, s[2 * t], s[2 * t + 1]);
+                }
+            }
+            return moments;
+        }
+        double[] shift = new double[channels];
+        for (int c = 0; c < channels; c++) {
+            shift[c] = shiftOf(x, c);
+        }
+        double[][] s1 = new double[chunks][channels];
+        double[][] s2 = new double[chunks][channels];
+        workers.run(chunks, k -> kernels.rowMoments(x, channels, k * perChunk, rowEnd(k), 0,
+                channels, shift, s1[k], s2[k]));
+        for (int k = 0; k < chunks; k++) {
+            long rows = rowEnd(k) - k * perChunk;
+            for (int c = 0; c < channels; c++) {
+                moments.mergeShiftedSums(c, rows, shift[c], s1[k][c], s2[k][c]);
+            }
+        }
+        return moments;
+    }
+
+    /** The same chunks, kernel calls and merge order as {@link #statistics}, for one channel. */
+    private void reduceChannel(MemorySegment x, int c, ChannelMoments moments) {
+        float shift = shiftOf(x, c);
+        double[] out = new double[2];
+        for (int k = 0; k < chunks; k++) {
+            kernels.planeMoments(x, planeOffset(k * perChunk, c), planeStride(), planes(k), spatial,
+                    shift, out);
+            moments.mergeShiftedSums(c, planes(k) * spatial, shift, out[0], out[1]);
+        }
+    }
+
+    private void trainingParameters(int c, ChannelMoments moments, float[] g, float[] b,
+                                    MemorySegment mean, MemorySegment variance, float[] mu,
+                                    float[] scale, float[] offset) {
+        writeStatistics(c, moments, mean, variance);
+        parameters(moments.mean(c), moments.variance(c), g[c], b[c], mu, scale, offset, c);
+    }
+
+    private static void writeStatistics(int c, ChannelMoments moments, MemorySegment mean,
+                                        MemorySegment variance) {
+        mean.setAtIndex(F32, c, (float) moments.mean(c));
+        variance.setAtIndex(F32, c, (float) moments.variance(c));
+    }
+
+    /**
+     * y = gamma * (x - mean) / sqrt(var + eps) + beta as {@code fma(x - hi, scale, offset)}: the
+     * mean is split into hi = (float) mean and lo = mean - hi, and lo is folded into the offset.
+     * x - hi is exact for x near the mean (Sterbenz), so a channel far from zero loses nothing
+     * to the subtraction, and a constant channel gives exactly beta.
+     */
+    private void parameters(double meanD, double varianceD, float gamma, float beta, float[] mu,
+                            float[] scale, float[] offset, int at) {
+        float hi = (float) meanD;
+        double lo = meanD - hi;
+        double a = gamma / Math.sqrt(varianceD + epsilon);
+        mu[at] = hi;
+        scale[at] = (float) a;
+        offset[at] = (float) (beta - lo * a);
+    }
+
+    // ------------------------------------------------------------------------ forward inference
+
+    public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
+                                 MemorySegment mean, MemorySegment variance, MemorySegment y) {
+        float[] g = channelVector(gamma, 1f);
+        float[] b = channelVector(beta, 0f);
+        float[] mu = channelVector(mean, 0f);
+        float[] var = channelVector(variance, 0f);
+        float[] scale = new float[channels];
+        for (int c = 0; c < channels; c++) {
+            scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
+        }
+        transform(x, y, mu, scale, b);
+    }
+
+    /** y = fma(x - mu[c], scale[c], offset[c]) over the whole tensor, split for the workers. */
+    private void transform(MemorySegment x, MemorySegment y, float[] mu, float[] scale,
+                           float[] offset) {
+        if (nchw) {
+            workers.run(channels, c -> kernels.planeNormalize(x, y, planeOffset(0, c), planeStride(),
+                    n, spatial, mu[c], scale[c], offset[c]));
+        } else {
+            int tasks = rowTasks();
+            workers.run(tasks, t -> kernels.rowNormalize(x, y, channels, m * t / tasks,
+                    m * (t + 1) / tasks, 0, channels, mu, scale, offset));
+        }
+    }
+
+    // -------------------------------------------------------------------------------- backward
+
+    /**
+     * dx = gamma * invstd * (dy - dbeta / M - (x - mean) * invstd * dgamma / M), or with frozen
+     * statistics dx = gamma * invstd * dy; dbeta = sum(dy), dgamma = invstd * sum((x - mean) dy).
+     */
+    public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
+                         MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
+                         MemorySegment dbeta, boolean frozen) {
+        float[] g = channelVector(gamma, 1f);
+        float[] mu = channelVector(mean, 0f);
+        float[] var = channelVector(variance, 0f);
+        boolean sums = !frozen || dgamma != null || dbeta != null;
+        double[] sumDy = new double[channels];
+        double[] sumDyXmu = new double[channels];
+        if (sums) {
+            gradientSums(x, dy, mu, sumDy, sumDyXmu);
+        }
+        float[] a = new float[channels], bb = new float[channels], cc = new float[channels];
+        float[] zero = new float[channels];
+        for (int c = 0; c < channels; c++) {
+            double invstd = 1.0 / Math.sqrt((double) var[c] + epsilon);
+            double scale = g[c] * invstd;
+            if (dgamma != null) {
+                dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu[c]));
+            }
+            if (dbeta != null) {
+                dbeta.setAtIndex(F32, c, (float) sumDy[c]);
+            }
+            a[c] = (float) scale;
+            if (!frozen) {
+                bb[c] = (float) (-scale * invstd * invstd * sumDyXmu[c] / m);
+                cc[c] = (float) (-scale * sumDy[c] / m);
+            }
+        }
+        if (frozen) {
+            transform(dy, dx, zero, a, zero);           // dx = fma(dy - 0, a, 0) = round(a * dy)
+            return;
+        }
+        if (nchw) {
+            workers.run(channels, c -> kernels.planeGradientInput(x, dy, dx, planeOffset(0, c),
+                    planeStride(), n, spatial, mu[c], a[c], bb[c], cc[c]));
+        } else {
+            int tasks = rowTasks();
+            workers.run(tasks, t -> kernels.rowGradientInput(x, dy, dx, channels, m * t / tasks,
+                    m * (t + 1) / tasks, 0, channels, mu, a, bb, cc));
+        }
+    }
+
+    private void gradientSums(MemorySegment x, MemorySegment dy, float[] mu, double[] sumDy,
+                              double[] sumDyXmu) {
+        if (nchw) {
+            double[] s = new double[2 * channels * chunks];
+            workers.run(channels * chunks, t -> {
+                int c = t / chunks, k = t % chunks;
+                double[] out = new double[2];
+                kernels.planeGradientSums(x, dy, planeOffset(k * perChunk, c), planeStride(),
+                        planes(k), spatial, mu[c], out);
+                s[2 * t] = out[0];
+                s[2 * t + 1] = out[1];
+            });
+            for (int c = 0; c < channels; c++) {
+                for (int k = 0; k < chunks; k++) {
+                    int t = c * chunks + k;
+                    sumDy[c] += s[2 * t];
+                    sumDyXmu[c] += s[2 * t + 1];
+                }
+            }
+            return;
+        }
+        double[] meanD = new double[channels];
+        for (int c = 0; c < channels; c++) {
+            meanD[c] = mu[c];
+        }
+        double[][] s1 = new double[chunks][channels];
+        double[][] s2 = new double[chunks][channels];
+        workers.run(chunks, k -> kernels.rowGradientSums(x, dy, channels, k * perChunk, rowEnd(k),
+                0, channels, meanD, s1[k], s2[k]));
+        for (int k = 0; k < chunks; k++) {
+            for (int c = 0; c < channels; c++) {
+                sumDy[c] += s1[k][c];
+                sumDyXmu[c] += s2[k][c];
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------- helpers
+
+    /** The channel's first value: the shift of its shifted sums (see {@link ChannelMoments}). */
+    private float shiftOf(MemorySegment x, int c) {
+        return x.getAtIndex(F32, nchw ? (long) c * spatial : c);
+    }
+
+    private long planeStride() {
+        return 4L * channels * spatial;
+    }
+
+    private long planeOffset(long plane, int c) {
+        return 4L * (plane * channels + c) * spatial;
+    }
+
+    private int planes(int chunk) {
+        return (int) Math.min(perChunk, n - chunk * perChunk);
+    }
+
+    private long rowEnd(int chunk) {
+        return Math.min(m, (chunk + 1) * perChunk);
+    }
+
+    private int rowTasks() {
+        return (int) Math.min(m, workers.parallelism());
+    }
+
+    private float[] channelVector(MemorySegment s, float absent) {
+        float[] v = new float[channels];
+        if (s == null) {
+            java.util.Arrays.fill(v, absent);
+        } else {
+            MemorySegment.copy(s, F32, 0, v, 0, channels);
+        }
+        return v;
+    }
+}

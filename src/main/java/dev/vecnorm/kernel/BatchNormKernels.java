@@ -1,0 +1,82 @@
+package dev.vecnorm.kernel;
+
+import java.lang.foreign.MemorySegment;
+
+/**
+ * The inner loops of BatchNorm, one implementation per instruction set ({@link ScalarKernels},
+ * {@code VectorKernels}). Internal: callers use {@code dev.vecnorm.BatchNorm}, which validates
+ * every argument before it calls in here. Offsets and strides are in BYTES, counts in floats.
+ *
+ * <p><b>Bitwise contract.</b> Every implementation produces the same bits for the same call:
+ * <ul>
+ *   <li>NCHW reductions use {@link #VIRTUAL_LANES} virtual lanes: within a plane, the element at
+ *       index {@code s < spatial - spatial % VIRTUAL_LANES} goes to lane {@code s % VIRTUAL_LANES};
+ *       the rest (the plane's tail) goes to one tail accumulator. Lanes run on across the planes
+ *       of one call. Each lane adds in element order, in double. At the end the lanes are combined
+ *       by the tree in {@link LaneTree#combine}, then the tail is added.</li>
+ *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
+ *   <li>Element-wise transforms use the same fused multiply-adds in every implementation.</li>
+ * </ul>
+ * Vector widths are hence free to differ: a 512-bit vector holds 8 of the 16 double lanes, a
+ * 128-bit one 2.
+ */
+public interface BatchNormKernels {
+
+    /** Number of virtual accumulator lanes of an NCHW reduction, whatever the hardware width. */
+    int VIRTUAL_LANES = 16;
+
+    /** Human-readable name, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
+    String description();
+
+    // ---- NCHW: one channel, planes [0, planes) starting at byte 'first', 'stride' bytes apart ----
+
+    /**
+     * Shifted sums of one channel's planes: {@code out[0] = sum(x - shift)},
+     * {@code out[1] = sum((x - shift)^2)}, in double (the shift keeps the sums free of
+     * cancellation when |mean| is much larger than the standard deviation).
+     */
+    void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
+                      float shift, double[] out);
+
+    /** {@code y = fma(x - mean, scale, offset)} over one channel's planes. */
+    void planeNormalize(MemorySegment x, MemorySegment y, long first, long stride, int planes,
+                        long spatial, float mean, float scale, float offset);
+
+    /**
+     * Gradient sums of one channel's planes: {@code out[0] = sum(dy)},
+     * {@code out[1] = sum((x - mean) * dy)}, in double.
+     */
+    void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
+                           long spatial, float mean, double[] out);
+
+    /** {@code dx = fma(x - mean, b, fma(dy, a, c))} over one channel's planes. */
+    void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
+                            long stride, int planes, long spatial, float mean, float a, float b,
+                            float c);
+
+    // ---- NHWC: rows [row0, row1) of 'channels' floats, channels [c0, c1) ----
+
+    /**
+     * Per-channel shifted sums over rows [row0, row1), each channel adding its rows in order:
+     * {@code s1[c] = sum(x - shift[c])}, {@code s2[c] = sum((x - shift[c])^2)}; overwrites
+     * entries c0..c1-1.
+     */
+    void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
+                    double[] shift, double[] s1, double[] s2);
+
+    /** {@code y = fma(x - mean[c], scale[c], offset[c])} over rows [row0, row1), channels [c0, c1). */
+    void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1, int c0,
+                      int c1, float[] mean, float[] scale, float[] offset);
+
+    /**
+     * Per-channel gradient sums over rows [row0, row1): {@code sumDy[c] = sum(dy)},
+     * {@code sumDyXmu[c] = sum((x - mean[c]) * dy)}; overwrites entries c0..c1-1.
+     */
+    void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0, long row1,
+                         int c0, int c1, double[] mean, double[] sumDy, double[] sumDyXmu);
+
+    /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over rows [row0, row1). */
+    void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+                          long row0, long row1, int c0, int c1, float[] mean, float[] a,
+                          float[] b, float[] c);
+}

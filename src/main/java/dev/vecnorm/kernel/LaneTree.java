@@ -1,0 +1,26 @@
+package dev.vecnorm.kernel;
+
+/**
+ * The one order in which every kernel combines its {@link BatchNormKernels#VIRTUAL_LANES} partial
+ * sums. {@code reduceLanes} is not used anywhere: its order is unspecified, so its bits could
+ * differ between vector widths and JDK versions.
+ */
+final class LaneTree {
+
+    private LaneTree() {
+    }
+
+    /**
+     * Pairwise tree over {@code lanes[from .. from + 16)}: halves are added lane by lane
+     * (8 + 8, then 4 + 4, 2 + 2, 1 + 1), then {@code tail} is added. Destroys the array's contents.
+     * Pairwise combination also keeps the rounding error of the combination at log2(16) = 4 adds.
+     */
+    static double combine(double[] lanes, int from, double tail) {
+        for (int half = BatchNormKernels.VIRTUAL_LANES / 2; half >= 1; half >>= 1) {
+            for (int i = 0; i < half; i++) {
+                lanes[from + i] += lanes[from + i + half];
+            }
+        }
+        return lanes[from] + tail;
+    }
+}

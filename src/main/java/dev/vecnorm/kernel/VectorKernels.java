@@ -1,0 +1,391 @@
+package dev.vecnorm.kernel;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import jdk.incubator.vector.DoubleVector;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * Vector API kernels. Loaded reflectively by {@link KernelProvider} only when
+ * {@code jdk.incubator.vector} is readable; no other class of the library imports the module.
+ *
+ * <p>The species are {@code static final} so that C2 treats them as constants (an instance
+ * field would not be, and every vector operation would fall back to Java code). The width comes
+ * from {@code -Dvecnorm.vectorBits} (tests use it to exercise narrower lanes), else the
+ * preferred width.
+ *
+ * <p>Reductions widen floats to double before they accumulate: {@code HALF} loads as many floats
+ * as a {@code DOUBLES} vector has lanes. {@link BatchNormKernels#VIRTUAL_LANES} = 16 double lanes
+ * take {@code ACCUMULATORS} = 16 / lanes-per-vector registers; the {@code ACCUMULATORS > 2} and
+ * {@code > 4} branches are constant-folded by C2, so at 512 bits the loop body is two vectors.
+ */
+final class VectorKernels implements BatchNormKernels {
+
+    static final int BITS = configuredBits();
+    static final VectorSpecies<Float> FLOATS = VectorShape.forBitSize(BITS).withLanes(float.class);
+    static final VectorSpecies<Double> DOUBLES = VectorShape.forBitSize(BITS).withLanes(double.class);
+    static final VectorSpecies<Float> HALF = VectorShape.forBitSize(BITS / 2).withLanes(float.class);
+    private static final int FL = FLOATS.length();
+    private static final int DL = DOUBLES.length();
+    private static final int ACCUMULATORS = VIRTUAL_LANES / DL;
+    private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
+    private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
+    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    /** NHWC reductions update each channel's accumulators once per this many rows. */
+    private static final int ROW_BLOCK = 4;
+
+    private final String description;
+
+    VectorKernels(boolean hardwareFma) {
+        this.description = "vector " + BITS + "-bit, " + (hardwareFma ? "FMA" : "FMA emulated (slow)");
+    }
+
+    /**
+     * The width in bits: {@code vecnorm.vectorBits} if set, else the preferred width.
+     *
+     * @throws IllegalStateException if the property is not 128, 256 or 512, or wider than the
+     *                               hardware's preferred width
+     */
+    static int configuredBits() {
+        int preferred = VectorShape.preferredShape().vectorBitSize();
+        String wanted = System.getProperty(KernelProvider.BITS_PROPERTY);
+        if (wanted == null || wanted.isBlank()) {
+            if (preferred < 128) {
+                throw new IllegalStateException("the preferred vector width is " + preferred
+                        + " bits; vecnorm's vector kernels need at least 128");
+            }
+            return Math.min(preferred, 512);
+        }
+        int bits;
+        try {
+            bits = Integer.parseInt(wanted.trim());
+        } catch (NumberFormatException e) {
+            bits = -1;
+        }
+        if ((bits != 128 && bits != 256 && bits != 512) || bits > preferred) {
+            throw new IllegalStateException(KernelProvider.BITS_PROPERTY
+                    + ": expected 128, 256 or 512 and at most this CPU's preferred " + preferred
+                    + ", got '" + wanted + "'");
+        }
+        return bits;
+    }
+
+    @Override
+    public String description() {
+        return description;
+    }
+
+    private static DoubleVector widen(MemorySegment s, long offset) {
+        return (DoubleVector) FloatVector.fromMemorySegment(HALF, s, offset, NATIVE)
+                .convertShape(VectorOperators.F2D, DOUBLES, 0);
+    }
+
+    private static FloatVector load(MemorySegment s, long offset) {
+        return FloatVector.fromMemorySegment(FLOATS, s, offset, NATIVE);
+    }
+
+    // ------------------------------------------------------------------------------------ NCHW
+
+    @Override
+    public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
+                             float shift, double[] out) {
+        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        long bodyBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        double kd = shift, t1 = 0, t2 = 0;
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + bodyBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
+                DoubleVector d0 = widen(x, o).sub(k);
+                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                a0 = a0.add(d0);
+                q0 = d0.fma(d0, q0);
+                a1 = a1.add(d1);
+                q1 = d1.fma(d1, q1);
+                if (ACCUMULATORS > 2) {
+                    DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                    DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                    a2 = a2.add(d2);
+                    q2 = d2.fma(d2, q2);
+                    a3 = a3.add(d3);
+                    q3 = d3.fma(d3, q3);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector d4 = widen(x, o + 16L * DL).sub(k);
+                    DoubleVector d5 = widen(x, o + 20L * DL).sub(k);
+                    DoubleVector d6 = widen(x, o + 24L * DL).sub(k);
+                    DoubleVector d7 = widen(x, o + 28L * DL).sub(k);
+                    a4 = a4.add(d4);
+                    q4 = d4.fma(d4, q4);
+                    a5 = a5.add(d5);
+                    q5 = d5.fma(d5, q5);
+                    a6 = a6.add(d6);
+                    q6 = d6.fma(d6, q6);
+                    a7 = a7.add(d7);
+                    q7 = d7.fma(d7, q7);
+                }
+            }
+            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+                double d = (double) x.get(F32, o) - kd;
+                t1 += d;
+                t2 = Math.fma(d, d, t2);
+            }
+        }
+        double[] lanes = new double[2 * VIRTUAL_LANES];
+        spill(lanes, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+        spill(lanes, VIRTUAL_LANES, q0, q1, q2, q3, q4, q5, q6, q7);
+        out[0] = LaneTree.combine(lanes, 0, t1);
+        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
+    }
+
+    /** Writes the used accumulators to lanes[from, from + 16) in virtual-lane order. */
+    private static void spill(double[] lanes, int from, DoubleVector v0, DoubleVector v1,
+                              DoubleVector v2, DoubleVector v3, DoubleVector v4, DoubleVector v5,
+                              DoubleVector v6, DoubleVector v7) {
+        v0.intoArray(lanes, from);
+        v1.intoArray(lanes, from + DL);
+        if (ACCUMULATORS > 2) {
+            v2.intoArray(lanes, from + 2 * DL);
+            v3.intoArray(lanes, from + 3 * DL);
+        }
+        if (ACCUMULATORS > 4) {
+            v4.intoArray(lanes, from + 4 * DL);
+            v5.intoArray(lanes, from + 5 * DL);
+            v6.intoArray(lanes, from + 6 * DL);
+            v7.intoArray(lanes, from + 7 * DL);
+        }
+    }
+
+    @Override
+    public void planeNormalize(MemorySegment x, MemorySegment y, long first, long stride,
+                               int planes, long spatial, float mean, float scale, float offset) {
+        FloatVector m = FloatVector.broadcast(FLOATS, mean);
+        FloatVector a = FloatVector.broadcast(FLOATS, scale);
+        FloatVector b = FloatVector.broadcast(FLOATS, offset);
+        long bodyBytes = 4 * (spatial - spatial % FL);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + bodyBytes;
+            for (long o = base; o < end; o += 4L * FL) {
+                load(x, o).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
+            }
+            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+                y.set(F32, o, Math.fma(x.get(F32, o) - mean, scale, offset));
+            }
+        }
+    }
+
+    @Override
+    public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
+                                  int planes, long spatial, float mean, double[] out) {
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        long bodyBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        double md = mean, t1 = 0, t2 = 0;
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + bodyBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
+                DoubleVector g0 = widen(dy, o);
+                DoubleVector g1 = widen(dy, o + 4L * DL);
+                a0 = a0.add(g0);
+                q0 = widen(x, o).sub(m).fma(g0, q0);
+                a1 = a1.add(g1);
+                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                if (ACCUMULATORS > 2) {
+                    DoubleVector g2 = widen(dy, o + 8L * DL);
+                    DoubleVector g3 = widen(dy, o + 12L * DL);
+                    a2 = a2.add(g2);
+                    q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
+                    a3 = a3.add(g3);
+                    q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector g4 = widen(dy, o + 16L * DL);
+                    DoubleVector g5 = widen(dy, o + 20L * DL);
+                    DoubleVector g6 = widen(dy, o + 24L * DL);
+                    DoubleVector g7 = widen(dy, o + 28L * DL);
+                    a4 = a4.add(g4);
+                    q4 = widen(x, o + 16L * DL).sub(m).fma(g4, q4);
+                    a5 = a5.add(g5);
+                    q5 = widen(x, o + 20L * DL).sub(m).fma(g5, q5);
+                    a6 = a6.add(g6);
+                    q6 = widen(x, o + 24L * DL).sub(m).fma(g6, q6);
+                    a7 = a7.add(g7);
+                    q7 = widen(x, o + 28L * DL).sub(m).fma(g7, q7);
+                }
+            }
+            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+                double g = dy.get(F32, o);
+                double d = (double) x.get(F32, o) - md;
+                t1 += g;
+                t2 = Math.fma(d, g, t2);
+            }
+        }
+        double[] lanes = new double[2 * VIRTUAL_LANES];
+        spill(lanes, 0, a0, a1, a2, a3, a4, a5, a6, a7);
+        spill(lanes, VIRTUAL_LANES, q0, q1, q2, q3, q4, q5, q6, q7);
+        out[0] = LaneTree.combine(lanes, 0, t1);
+        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
+    }
+
+    @Override
+    public void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
+                                   long stride, int planes, long spatial, float mean, float a,
+                                   float b, float c) {
+        FloatVector m = FloatVector.broadcast(FLOATS, mean);
+        FloatVector av = FloatVector.broadcast(FLOATS, a);
+        FloatVector bv = FloatVector.broadcast(FLOATS, b);
+        FloatVector cv = FloatVector.broadcast(FLOATS, c);
+        long bodyBytes = 4 * (spatial - spatial % FL);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + bodyBytes;
+            for (long o = base; o < end; o += 4L * FL) {
+                FloatVector g = load(dy, o);
+                load(x, o).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
+            }
+            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+                float g = dy.get(F32, o);
+                dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(g, a, c)));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------ NHWC
+
+    @Override
+    public void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
+                           double[] shift, double[] s1, double[] s2) {
+        for (int c = c0; c < c1; c++) {
+            s1[c] = 0;
+            s2[c] = 0;
+        }
+        long rowBytes = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / DL * DL;
+        for (long r = row0; r < row1; r += ROW_BLOCK) {
+            int rows = (int) Math.min(ROW_BLOCK, row1 - r);
+            long base = r * rowBytes;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                DoubleVector k = DoubleVector.fromArray(DOUBLES, shift, c);
+                DoubleVector a = DoubleVector.fromArray(DOUBLES, s1, c);
+                DoubleVector q = DoubleVector.fromArray(DOUBLES, s2, c);
+                long o = base + 4L * c;
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    DoubleVector d = widen(x, o).sub(k);
+                    a = a.add(d);
+                    q = d.fma(d, q);
+                }
+                a.intoArray(s1, c);
+                q.intoArray(s2, c);
+            }
+            for (int c = vectorEnd; c < c1; c++) {
+                long o = base + 4L * c;
+                double a = s1[c], q = s2[c], k = shift[c];
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    double d = (double) x.get(F32, o) - k;
+                    a += d;
+                    q = Math.fma(d, d, q);
+                }
+                s1[c] = a;
+                s2[c] = q;
+            }
+        }
+    }
+
+    @Override
+    public void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
+                             int c0, int c1, float[] mean, float[] scale, float[] offset) {
+        long rowBytes = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / FL * FL;
+        for (long r = row0; r < row1; r++) {
+            long base = r * rowBytes;
+            for (int c = c0; c < vectorEnd; c += FL) {
+                long o = base + 4L * c;
+                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
+                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
+                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
+                load(x, o).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
+            }
+            for (int c = vectorEnd; c < c1; c++) {
+                long o = base + 4L * c;
+                y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
+            }
+        }
+    }
+
+    @Override
+    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
+                                long row1, int c0, int c1, double[] mean, double[] sumDy,
+                                double[] sumDyXmu) {
+        for (int c = c0; c < c1; c++) {
+            sumDy[c] = 0;
+            sumDyXmu[c] = 0;
+        }
+        long rowBytes = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / DL * DL;
+        for (long r = row0; r < row1; r += ROW_BLOCK) {
+            int rows = (int) Math.min(ROW_BLOCK, row1 - r);
+            long base = r * rowBytes;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                DoubleVector m = DoubleVector.fromArray(DOUBLES, mean, c);
+                DoubleVector a = DoubleVector.fromArray(DOUBLES, sumDy, c);
+                DoubleVector q = DoubleVector.fromArray(DOUBLES, sumDyXmu, c);
+                long o = base + 4L * c;
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    DoubleVector g = widen(dy, o);
+                    a = a.add(g);
+                    q = widen(x, o).sub(m).fma(g, q);
+                }
+                a.intoArray(sumDy, c);
+                q.intoArray(sumDyXmu, c);
+            }
+            for (int c = vectorEnd; c < c1; c++) {
+                long o = base + 4L * c;
+                double a = sumDy[c], q = sumDyXmu[c], m = mean[c];
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    double g = dy.get(F32, o);
+                    double d = (double) x.get(F32, o) - m;
+                    a += g;
+                    q = Math.fma(d, g, q);
+                }
+                sumDy[c] = a;
+                sumDyXmu[c] = q;
+            }
+        }
+    }
+
+    @Override
+    public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+                                 long row0, long row1, int c0, int c1, float[] mean, float[] a,
+                                 float[] b, float[] c) {
+        long rowBytes = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / FL * FL;
+        for (long r = row0; r < row1; r++) {
+            long base = r * rowBytes;
+            for (int ch = c0; ch < vectorEnd; ch += FL) {
+                long o = base + 4L * ch;
+                FloatVector m = FloatVector.fromArray(FLOATS, mean, ch);
+                FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
+                FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
+                FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
+                FloatVector g = load(dy, o);
+                load(x, o).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
+            }
+            for (int ch = vectorEnd; ch < c1; ch++) {
+                long o = base + 4L * ch;
+                float g = dy.get(F32, o);
+                dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+package dev.vecnorm;
+
+/**
+ * An independent BatchNorm in double precision, written from the paper rather than from the
+ * kernels: two passes for the statistics (mean, then the mean of squared deviations), the
+ * textbook transform, and the paper's step-by-step backward (dL/dxhat, dL/dvar, dL/dmean, dL/dx).
+ * Tensors are plain float[] / double[] arrays in the shape's layout.
+ */
+final class Reference {
+
+    private Reference() {
+    }
+
+    /** Float index of element (n, c, s) in the shape's layout. */
+    static int index(TensorShape shape, int n, int c, long s) {
+        long i = shape.layout() == Layout.NCHW
+                ? ((long) n * shape.channels() + c) * shape.spatial() + s
+                : ((long) n * shape.spatial() + s) * shape.channels() + c;
+        return Math.toIntExact(i);
+    }
+
+    /** Mean and biased variance per channel, two passes in double. */
+    record Moments(double[] mean, double[] variance) {
+    }
+
+    static Moments moments(TensorShape shape, float[] x) {
+        int channels = shape.channels();
+        double[] mean = new double[channels];
+        double[] variance = new double[channels];
+        double m = shape.perChannel();
+        for (int c = 0; c < channels; c++) {
+            double sum = 0;
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    sum += x[index(shape, n, c, s)];
+                }
+            }
+            mean[c] = sum / m;
+            double squares = 0;
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    double d = x[index(shape, n, c, s)] - mean[c];
+                    squares += d * d;
+                }
+            }
+            variance[c] = squares / m;
+        }
+        return new Moments(mean, variance);
+    }
+
+    /** y = gamma * (x - mean) / sqrt(variance + eps) + beta, per channel, in double. */
+    static double[] transform(TensorShape shape, float[] x, double[] gamma, double[] beta,
+                              double[] mean, double[] variance, double eps) {
+        double[] y = new double[x.length];
+        for (int c = 0; c < shape.channels(); c++) {
+            double invstd = 1.0 / Math.sqrt(variance[c] + eps);
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    int i = index(shape, n, c, s);
+                    y[i] = gamma[c] * ((x[i] - mean[c]) * invstd) + beta[c];
+                }
+            }
+        }
+        return y;
+    }
+
+    /** Gradients dx, dgamma, dbeta. */
+    record Gradients(double[] dx, double[] dgamma, double[] dbeta) {
+    }
+
+    /**
+     * The paper's backward, step by step, for given statistics (not assumed to be exactly the
+     * statistics of x; with exact ones, dL/dmean's second term vanishes).
+     */
+    static Gradients backward(TensorShape shape, float[] x, float[] dy, double[] gamma,
+                              double[] mean, double[] variance, double eps) {
+        int channels = shape.channels();
+        double m = shape.perChannel();
+        double[] dx = new double[x.length];
+        double[] dgamma = new double[channels];
+        double[] dbeta = new double[channels];
+        for (int c = 0; c < channels; c++) {
+            double var = variance[c] + eps;
+            double invstd = 1.0 / Math.sqrt(var);
+            double dVar = 0;
+            double dMeanDirect = 0;
+            double sumDeviation = 0;
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    int i = index(shape, n, c, s);
+                    double dxhat = dy[i] * gamma[c];
+                    double deviation = x[i] - mean[c];
+                    dVar += dxhat * deviation * -0.5 * Math.pow(var, -1.5);
+                    dMeanDirect += dxhat * -invstd;
+                    sumDeviation += -2.0 * deviation;
+                    dgamma[c] += dy[i] * (deviation * invstd);
+                    dbeta[c] += dy[i];
+                }
+            }
+            double dMean = dMeanDirect + dVar * sumDeviation / m;
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    int i = index(shape, n, c, s);
+                    double dxhat = dy[i] * gamma[c];
+                    dx[i] = dxhat * invstd + dVar * 2.0 * (x[i] - mean[c]) / m + dMean / m;
+                }
+            }
+        }
+        return new Gradients(dx, dgamma, dbeta);
+    }
+
+    /** dL/dvar of the paper, per channel: needed to bound how far given statistics are from exact. */
+    static double[] dVariance(TensorShape shape, float[] x, float[] dy, double[] gamma,
+                              double[] mean, double[] variance, double eps) {
+        double[] out = new double[shape.channels()];
+        for (int c = 0; c < shape.channels(); c++) {
+            double var = variance[c] + eps;
+            for (int n = 0; n < shape.batch(); n++) {
+                for (long s = 0; s < shape.spatial(); s++) {
+                    int i = index(shape, n, c, s);
+                    out[c] += dy[i] * gamma[c] * (x[i] - mean[c]) * -0.5 * Math.pow(var, -1.5);
+                }
+            }
+        }
+        return out;
+    }
+
+    static double[] widen(float[] v) {
+        double[] d = new double[v.length];
+        for (int i = 0; i < v.length; i++) {
+            d[i] = v[i];
+        }
+        return d;
+    }
+
+    static double[] filled(int n, double value) {
+        double[] d = new double[n];
+        java.util.Arrays.fill(d, value);
+        return d;
+    }
+}

@@ -1,0 +1,60 @@
+package dev.vecnorm;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+
+/** Runs BatchNorm calls on float arrays through the public API, in a fresh confined arena. */
+final class Runs {
+
+    private Runs() {
+    }
+
+    record Training(float[] y, float[] mean, float[] variance) {
+    }
+
+    record Backward(float[] dx, float[] dgamma, float[] dbeta) {
+    }
+
+    static Training training(BatchNorm bn, float[] x, float[] gamma, float[] beta) {
+        try (Arena arena = Arena.ofShared()) {
+            int channels = bn.shape().channels();
+            MemorySegment xs = Segments.of(arena, x);
+            MemorySegment y = Segments.zeros(arena, x.length);
+            MemorySegment mean = Segments.zeros(arena, channels);
+            MemorySegment var = Segments.zeros(arena, channels);
+            bn.forwardTraining(xs, gamma == null ? null : Segments.of(arena, gamma),
+                    beta == null ? null : Segments.of(arena, beta), y, mean, var);
+            return new Training(Segments.toArray(y), Segments.toArray(mean), Segments.toArray(var));
+        }
+    }
+
+    static float[] inference(BatchNorm bn, float[] x, float[] gamma, float[] beta, float[] mean,
+                             float[] variance) {
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment y = Segments.zeros(arena, x.length);
+            bn.forwardInference(Segments.of(arena, x), gamma == null ? null : Segments.of(arena, gamma),
+                    beta == null ? null : Segments.of(arena, beta), Segments.of(arena, mean),
+                    Segments.of(arena, variance), y);
+            return Segments.toArray(y);
+        }
+    }
+
+    static Backward backward(BatchNorm bn, boolean frozen, float[] x, float[] dy, float[] gamma,
+                             float[] mean, float[] variance) {
+        try (Arena arena = Arena.ofShared()) {
+            int channels = bn.shape().channels();
+            MemorySegment dx = Segments.zeros(arena, x.length);
+            MemorySegment dgamma = Segments.zeros(arena, channels);
+            MemorySegment dbeta = Segments.zeros(arena, channels);
+            MemorySegment g = gamma == null ? null : Segments.of(arena, gamma);
+            if (frozen) {
+                bn.backwardWithFrozenStatistics(Segments.of(arena, x), Segments.of(arena, dy), g,
+                        Segments.of(arena, mean), Segments.of(arena, variance), dx, dgamma, dbeta);
+            } else {
+                bn.backward(Segments.of(arena, x), Segments.of(arena, dy), g,
+                        Segments.of(arena, mean), Segments.of(arena, variance), dx, dgamma, dbeta);
+            }
+            return new Backward(Segments.toArray(dx), Segments.toArray(dgamma), Segments.toArray(dbeta));
+        }
+    }
+}
