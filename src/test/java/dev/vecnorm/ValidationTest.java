@@ -1,0 +1,189 @@
+package dev.vecnorm;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.function.Executable;
+
+/**
+ * Every rejected argument: the exception's type, that its message names the argument, what was
+ * expected and what was given, and that no output byte was written before it was thrown.
+ */
+class ValidationTest {
+
+    static final TensorShape SHAPE = TensorShape.nchw(2, 3, 4, 5);
+    static final int E = (int) SHAPE.elements();
+    static final float SENTINEL = -12345f;
+
+    Arena arena;
+    BatchNorm bn;
+    MemorySegment x, y, gamma, beta, mean, var, dy, dx, dgamma, dbeta;
+
+    @BeforeEach
+    void setUp() {
+        arena = Arena.ofConfined();
+        bn = BatchNorm.builder(SHAPE).build();
+        x = Segments.of(arena, TestData.gaussian(E, 1, 1));
+        dy = Segments.of(arena, TestData.gaussian(E, 2, 1));
+        gamma = Segments.of(arena, new float[] {1, 2, 3});
+        beta = Segments.of(arena, new float[] {0, 1, 2});
+        mean = sentinel(3);
+        var = sentinel(3);
+        y = sentinel(E);
+        dx = sentinel(E);
+        dgamma = sentinel(3);
+        dbeta = sentinel(3);
+    }
+
+    @AfterEach
+    void tearDown() {
+        arena.close();
+    }
+
+    private MemorySegment sentinel(int floats) {
+        float[] v = new float[floats];
+        Arrays.fill(v, SENTINEL);
+        return Segments.of(arena, v);
+    }
+
+    private void assertUntouched(MemorySegment... outputs) {
+        for (MemorySegment s : outputs) {
+            for (float f : Segments.toArray(s)) {
+                assertEquals(SENTINEL, f, "an output was written before the exception");
+            }
+        }
+    }
+
+    private void rejects(Class<? extends RuntimeException> type, Executable call, String... words) {
+        RuntimeException e = assertThrows(type, call);
+        for (String w : words) {
+            assertTrue(e.getMessage().contains(w), "message '" + e.getMessage() + "' lacks '" + w + "'");
+        }
+        assertUntouched(y, mean, var, dx, dgamma, dbeta);
+    }
+
+    @Test
+    void wrongSizesAreRejectedWithBothSizes() {
+        MemorySegment shortX = x.asSlice(0, 4L * (E - 1));
+        rejects(IllegalArgumentException.class, () -> bn.forwardTraining(shortX, gamma, beta, y, mean, var),
+                "x:", "expected " + 4 * E + " bytes", "got " + 4 * (E - 1));
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardTraining(x, gamma.asSlice(0, 8), beta, y, mean, var), "gamma:", "12 bytes", "got 8");
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardTraining(x, gamma, beta, y, mean.asSlice(4), var), "mean:", "got 8");
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardInference(x, gamma, beta, mean, var.asSlice(4), y), "variance:");
+        rejects(IllegalArgumentException.class,
+                () -> bn.backward(x, dy.asSlice(4), gamma, mean, var, dx, dgamma, dbeta), "dy:");
+        rejects(IllegalArgumentException.class,
+                () -> bn.backward(x, dy, gamma, mean, var, dx, dgamma.asSlice(4), dbeta), "dgamma:");
+        rejects(IllegalArgumentException.class,
+                () -> bn.updateRunningStatistics(gamma, beta, mean.asSlice(4), var), "runningMean:");
+    }
+
+    @Test
+    void missingRequiredSegmentsAreRejected() {
+        rejects(NullPointerException.class, () -> bn.forwardTraining(null, gamma, beta, y, mean, var), "x:", "got null");
+        rejects(NullPointerException.class, () -> bn.forwardTraining(x, gamma, beta, null, mean, var), "y:");
+        rejects(NullPointerException.class, () -> bn.forwardTraining(x, gamma, beta, y, null, var), "mean:");
+        rejects(NullPointerException.class, () -> bn.forwardInference(x, gamma, beta, mean, null, y), "variance:");
+        rejects(NullPointerException.class, () -> bn.backward(x, null, gamma, mean, var, dx, null, null), "dy:");
+        rejects(NullPointerException.class, () -> bn.backward(x, dy, gamma, mean, var, null, null, null), "dx:");
+        rejects(NullPointerException.class, () -> bn.updateRunningStatistics(mean, var, null, gamma), "runningMean:");
+    }
+
+    @Test
+    void readOnlyOutputsAreRejected() {
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardTraining(x, gamma, beta, y.asReadOnly(), mean, var), "y:", "read-only");
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardTraining(x, gamma, beta, y, mean, var.asReadOnly()), "variance:", "read-only");
+        rejects(IllegalArgumentException.class,
+                () -> bn.backward(x, dy, gamma, mean, var, dx, dgamma, dbeta.asReadOnly()), "dbeta:", "read-only");
+    }
+
+    @Test
+    void overlapsOtherThanTheDocumentedInPlacePairsAreRejected() {
+        MemorySegment big = sentinel(E + 8);
+        MemorySegment a = big.asSlice(0, 4L * E), b = big.asSlice(16, 4L * E);
+        rejects(IllegalArgumentException.class, () -> bn.forwardTraining(a, gamma, beta, b, mean, var),
+                "y:", "disjoint from input x", "overlapping bytes");
+        rejects(IllegalArgumentException.class, () -> bn.forwardTraining(x, gamma, beta, y, mean, mean),
+                "mean:", "disjoint from output variance");
+        rejects(IllegalArgumentException.class, () -> bn.forwardTraining(x, gamma, beta, y, mean, gamma),
+                "variance:", "disjoint from input gamma");
+        // dx may be dy, but not x.
+        MemorySegment xCopy = Segments.of(arena, Segments.toArray(x));
+        rejects(IllegalArgumentException.class, () -> bn.backward(xCopy, dy, gamma, mean, var, xCopy, null, null),
+                "dx:", "disjoint from input x", "the same segment");
+        // A channel-vector output inside a tensor output.
+        rejects(IllegalArgumentException.class,
+                () -> bn.forwardTraining(x, gamma, beta, y, y.asSlice(0, 12), var), "y:", "output mean");
+    }
+
+    @Test
+    void badEpsilonMomentumAndParallelismAreRejected() {
+        for (float eps : new float[] {0f, -1e-5f, Float.NaN, Float.POSITIVE_INFINITY}) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> BatchNorm.builder(SHAPE).epsilon(eps));
+            assertTrue(e.getMessage().startsWith("epsilon: expected a positive finite number, got "), e.getMessage());
+        }
+        for (float m : new float[] {-0.1f, 1.5f, Float.NaN}) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> BatchNorm.builder(SHAPE).momentum(m));
+            assertTrue(e.getMessage().contains("momentum: expected a number in [0, 1], got"), e.getMessage());
+        }
+        assertThrows(IllegalArgumentException.class, () -> BatchNorm.builder(SHAPE).parallelism(0));
+        assertThrows(NullPointerException.class, () -> BatchNorm.builder(SHAPE).executor(null));
+        assertThrows(NullPointerException.class, () -> BatchNorm.builder(null));
+        assertEquals(0f, BatchNorm.builder(SHAPE).momentum(0f).build().momentum());
+        assertEquals(1f, BatchNorm.builder(SHAPE).momentum(1f).build().momentum());
+    }
+
+    @Test
+    void trainingWithOneValuePerChannelIsRejected() {
+        BatchNorm single = BatchNorm.builder(TensorShape.nchw(1, 3, 1, 1)).build();
+        MemorySegment x3 = Segments.of(arena, new float[] {1, 2, 3});
+        MemorySegment y3 = sentinel(3);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> single.forwardTraining(x3, null, null, y3, mean, var));
+        assertTrue(e.getMessage().contains("at least 2 values per channel"), e.getMessage());
+        assertTrue(e.getMessage().contains("got 1"), e.getMessage());
+        assertThrows(IllegalArgumentException.class,
+                () -> single.updateRunningStatistics(gamma, beta, mean, var));
+        assertUntouched(y3, mean, var);
+        // Inference with M = 1 is fine.
+        single.forwardInference(x3, null, null, Segments.of(arena, new float[] {1, 2, 3}),
+                Segments.of(arena, new float[] {1, 1, 1}), y3);
+        assertEquals(0f, y3.getAtIndex(ValueLayout.JAVA_FLOAT, 0));
+    }
+
+    @Test
+    void shapesRejectNonPositiveDimensions() {
+        assertThrows(IllegalArgumentException.class, () -> TensorShape.nchw(0, 1, 1, 1), "batch");
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> new TensorShape(1, 0, 1, Layout.NCHW));
+        assertEquals("channels: expected >= 1, got 0", e.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> TensorShape.nhwc(1, 1, 0, 3));
+        assertThrows(NullPointerException.class, () -> new TensorShape(1, 1, 1, null));
+        assertThrows(IllegalArgumentException.class,
+                () -> new TensorShape(Integer.MAX_VALUE, Integer.MAX_VALUE, Long.MAX_VALUE / 2, Layout.NCHW));
+    }
+
+    @Test
+    void closedSegmentsAreRejectedBeforeAnyWrite() {
+        Arena other = Arena.ofConfined();
+        MemorySegment closed = other.allocate(4L * E);
+        other.close();
+        rejects(IllegalArgumentException.class, () -> bn.forwardTraining(closed, gamma, beta, y, mean, var),
+                "x:", "closed");
+    }
+}
