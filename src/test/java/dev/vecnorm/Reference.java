@@ -24,6 +24,10 @@ final class Reference {
     }
 
     static Moments moments(TensorShape shape, float[] x) {
+        return moments(shape, widen(x));
+    }
+
+    static Moments moments(TensorShape shape, double[] x) {
         int channels = shape.channels();
         double[] mean = new double[channels];
         double[] variance = new double[channels];
@@ -51,6 +55,11 @@ final class Reference {
     /** y = gamma * (x - mean) / sqrt(variance + eps) + beta, per channel, in double. */
     static double[] transform(TensorShape shape, float[] x, double[] gamma, double[] beta,
                               double[] mean, double[] variance, double eps) {
+        return transform(shape, widen(x), gamma, beta, mean, variance, eps);
+    }
+
+    static double[] transform(TensorShape shape, double[] x, double[] gamma, double[] beta,
+                              double[] mean, double[] variance, double eps) {
         double[] y = new double[x.length];
         for (int c = 0; c < shape.channels(); c++) {
             double invstd = 1.0 / Math.sqrt(variance[c] + eps);
@@ -73,6 +82,11 @@ final class Reference {
      * statistics of x; with exact ones, dL/dmean's second term vanishes).
      */
     static Gradients backward(TensorShape shape, float[] x, float[] dy, double[] gamma,
+                              double[] mean, double[] variance, double eps) {
+        return backward(shape, widen(x), widen(dy), gamma, mean, variance, eps);
+    }
+
+    static Gradients backward(TensorShape shape, double[] x, double[] dy, double[] gamma,
                               double[] mean, double[] variance, double eps) {
         int channels = shape.channels();
         double m = shape.perChannel();
