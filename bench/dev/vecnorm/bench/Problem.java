@@ -1,0 +1,95 @@
+package dev.vecnorm.bench;
+
+import dev.vecnorm.Layout;
+import dev.vecnorm.TensorShape;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.InputStreamReader;
+import java.io.UncheckedIOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+/**
+ * Problem shapes in benchdnn's notation ({@code mb50ic64ih56iw56}) and test data for them.
+ * The default set is ResNet-50's BatchNorm layers, copied from oneDNN's benchdnn inputs into
+ * {@code bench/resources/bnorm_shapes_resnet50.txt}.
+ */
+public final class Problem {
+
+    private static final Pattern SHAPE = Pattern.compile("mb(\\d+)ic(\\d+)ih(\\d+)iw(\\d+)(?:_n\"([^\"]*)\")?");
+
+    private Problem() {
+    }
+
+    /** Parses {@code mbNicCihHiwW} into a shape of the given layout. */
+    public static TensorShape parse(String descriptor, Layout layout) {
+        Matcher m = SHAPE.matcher(descriptor.trim());
+        if (!m.matches()) {
+            throw new IllegalArgumentException("shape: expected mbNicCihHiwW (e.g. mb32ic64ih56iw56), got '"
+                    + descriptor + "'");
+        }
+        int n = Integer.parseInt(m.group(1)), c = Integer.parseInt(m.group(2));
+        int h = Integer.parseInt(m.group(3)), w = Integer.parseInt(m.group(4));
+        return layout == Layout.NCHW ? TensorShape.nchw(n, c, h, w) : TensorShape.nhwc(n, c, h, w);
+    }
+
+    /** Layer names by descriptor, e.g. "resnet_50:bn_conv1". */
+    public record Named(String descriptor, String name) {
+    }
+
+    /** The uncommented shapes of the built-in ResNet-50 list, in file order. */
+    public static List<Named> resnet50() {
+        List<Named> shapes = new ArrayList<>();
+        try (InputStream in = Problem.class.getResourceAsStream("/bnorm_shapes_resnet50.txt")) {
+            if (in == null) {
+                throw new IllegalStateException("bnorm_shapes_resnet50.txt is not on the classpath");
+            }
+            BufferedReader r = new BufferedReader(new InputStreamReader(in, StandardCharsets.UTF_8));
+            for (String line; (line = r.readLine()) != null; ) {
+                line = line.trim();
+                if (line.isEmpty() || line.startsWith("#")) {
+                    continue;
+                }
+                Matcher m = SHAPE.matcher(line);
+                if (m.matches()) {
+                    shapes.add(new Named("mb" + m.group(1) + "ic" + m.group(2) + "ih" + m.group(3)
+                            + "iw" + m.group(4), m.group(5) == null ? "" : m.group(5)));
+                }
+            }
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        return shapes;
+    }
+
+    /** A 64-byte aligned segment of {@code floats} values from a fixed xorshift stream. */
+    public static MemorySegment random(Arena arena, long floats, long seed, float mean, float scale) {
+        MemorySegment s = arena.allocate(floats * Float.BYTES, 64);
+        long state = seed * 0x9E3779B97F4A7C15L + 1;
+        for (long i = 0; i < floats; i++) {
+            state ^= state << 13;
+            state ^= state >>> 7;
+            state ^= state << 17;
+            // Sum of two uniforms: a cheap bell shape in [-1, 1).
+            float u = ((state >>> 40) + ((state >>> 16) & 0xFFFFFF)) * 0x1p-24f - 1f;
+            s.setAtIndex(ValueLayout.JAVA_FLOAT, i, mean + scale * u);
+        }
+        return s;
+    }
+
+    /** Bytes a kernel must move at least (the traffic model of the report). */
+    public static long minimumTraffic(String benchmark, long elements) {
+        return switch (benchmark) {
+            case "backward", "vectorTriad" -> 12 * elements;
+            case "backwardFrozen" -> 8 * elements;
+            default -> 8 * elements;
+        };
+    }
+}

@@ -1,0 +1,210 @@
+package dev.vecnorm.bench;
+
+import dev.vecnorm.BatchNorm;
+import dev.vecnorm.Layout;
+import dev.vecnorm.TensorShape;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collection;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import org.openjdk.jmh.results.Result;
+import org.openjdk.jmh.results.RunResult;
+import org.openjdk.jmh.results.format.ResultFormatType;
+import org.openjdk.jmh.runner.Runner;
+import org.openjdk.jmh.runner.RunnerException;
+import org.openjdk.jmh.runner.options.ChainedOptionsBuilder;
+import org.openjdk.jmh.runner.options.OptionsBuilder;
+import org.openjdk.jmh.runner.options.TimeValue;
+
+/**
+ * The performance report: runs the JMH benchmarks through JMH's Java API, then prints and writes
+ * (to {@code target/vecnorm-report/}) a table of milliseconds, GB/s under the minimum-traffic
+ * model, the fraction of the copy ceilings measured in the same run, and the vector/scalar
+ * speed-up. JMH's own JSON is kept beside it.
+ *
+ * <pre>
+ * arguments: [--quick | --full | --smoke] [--shapes=mb32ic64ih56iw56,...] [--threads=1,2]
+ *            [--kernels=vector,scalar] [--layouts=NCHW,NHWC] [--out=DIR]
+ * </pre>
+ */
+public final class Report {
+
+    static final String[] KERNELS = {"forwardTraining", "forwardInference", "forwardInferenceInPlace", "backward"};
+
+    private Report() {
+    }
+
+    record Settings(List<String> shapes, List<String> threads, List<String> kernels,
+                    List<String> layouts, int forks, int warmups, int iterations, long millis,
+                    Path out) {
+    }
+
+    public static void main(String[] args) throws RunnerException, IOException {
+        Settings s = settings(args);
+        Files.createDirectories(s.out);
+        System.out.println("vecnorm report: " + BatchNorm.kernels() + "; " + s.shapes.size() + " shapes x "
+                + s.layouts + " x " + s.kernels + " x threads " + s.threads + "; " + s.forks + " fork(s), "
+                + s.iterations + " x " + s.millis + " ms per benchmark");
+        ChainedOptionsBuilder options = new OptionsBuilder()
+                .include("dev\\.vecnorm\\.BatchNormBenchmark\\.(" + String.join("|", KERNELS) + ")$")
+                .include("dev\\.vecnorm\\.bench\\.CeilingBenchmark\\.")
+                .param("shape", s.shapes.toArray(String[]::new))
+                .param("threads", s.threads.toArray(String[]::new))
+                .param("kernels", s.kernels.toArray(String[]::new))
+                .param("layout", s.layouts.toArray(String[]::new))
+                .forks(s.forks)
+                .warmupIterations(s.warmups)
+                .warmupTime(TimeValue.milliseconds(s.millis))
+                .measurementIterations(s.iterations)
+                .measurementTime(TimeValue.milliseconds(s.millis))
+                .jvmArgs("--add-modules=jdk.incubator.vector", "--sun-misc-unsafe-memory-access=allow",
+                        "-Xms1g", "-XX:+UseParallelGC")
+                .resultFormat(ResultFormatType.JSON)
+                .result(s.out.resolve("jmh-result.json").toString());
+        Collection<RunResult> results = new Runner(options.build()).run();
+        String table = table(results, s);
+        System.out.println();
+        System.out.println(table);
+        Path md = s.out.resolve("report.md");
+        Files.writeString(md, header(s) + table, StandardCharsets.UTF_8);
+        System.out.println("written: " + md + " and " + s.out.resolve("jmh-result.json"));
+    }
+
+    static Settings settings(String[] args) {
+        List<String> shapes = null;
+        List<String> threads = List.of("1");
+        List<String> kernels = List.of("vector", "scalar");
+        List<String> layouts = List.of("NCHW", "NHWC");
+        String mode = "quick";
+        Path out = Path.of("target", "vecnorm-report");
+        for (String a : args) {
+            if (a.isBlank()) {
+                continue;
+            }
+            if (a.equals("--quick") || a.equals("--full") || a.equals("--smoke")) {
+                mode = a.substring(2);
+            } else if (a.startsWith("--shapes=")) {
+                shapes = split(a);
+            } else if (a.startsWith("--threads=")) {
+                threads = split(a);
+            } else if (a.startsWith("--kernels=")) {
+                kernels = split(a);
+            } else if (a.startsWith("--layouts=")) {
+                layouts = split(a);
+            } else if (a.startsWith("--out=")) {
+                out = Path.of(a.substring("--out=".length()));
+            } else {
+                throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --shapes=,"
+                        + " --threads=, --kernels=, --layouts= or --out=, got '" + a + "'");
+            }
+        }
+        if (shapes == null) {
+            shapes = mode.equals("smoke") ? List.of("mb2ic16ih8iw8")
+                    : Problem.resnet50().stream().map(Problem.Named::descriptor).toList();
+        }
+        return switch (mode) {
+            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out);
+            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out);
+            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 250, out);
+        };
+    }
+
+    private static List<String> split(String arg) {
+        return Arrays.stream(arg.substring(arg.indexOf('=') + 1).split(",")).map(String::trim)
+                .filter(t -> !t.isEmpty()).toList();
+    }
+
+    private static String header(Settings s) {
+        return "# vecnorm performance report\n\n"
+                + "Kernels: " + BatchNorm.kernels() + ". JVM: " + System.getProperty("java.vm.name") + " "
+                + System.getProperty("java.runtime.version") + ", " + Runtime.getRuntime().availableProcessors()
+                + " CPUs. JMH: " + s.forks + " fork(s), " + s.warmups + " warm-up and " + s.iterations
+                + " measured iterations of " + s.millis + " ms; times are medians of the iterations.\n\n"
+                + "GB/s counts the minimum traffic (training and inference: read x, write y = 8 bytes per"
+                + " element; backward: read x and dy, write dx = 12). `copy` is MemorySegment.copy (8 bytes"
+                + " per element, streaming stores on large buffers): the machine's limit. `loop` is a Vector"
+                + " API loop on the same bytes (load/store copy for the 8-byte kernels, dx = x + dy for"
+                + " backward): the limit for ordinary stores. `vs scalar` is the scalar kernel's time over"
+                + " the vector kernel's.\n\n";
+    }
+
+    /** Median time in ms of one benchmark, keyed by name and params. */
+    private record Key(String benchmark, String shape, String layout, String kernels, String threads) {
+    }
+
+    static String table(Collection<RunResult> results, Settings s) {
+        Map<Key, Result<?>> byKey = new LinkedHashMap<>();
+        for (RunResult r : results) {
+            var p = r.getParams();
+            String name = p.getBenchmark().substring(p.getBenchmark().lastIndexOf('.') + 1);
+            byKey.put(new Key(name, p.getParam("shape"), p.getParam("layout"), p.getParam("kernels"),
+                    p.getParam("threads")), r.getPrimaryResult());
+        }
+        StringBuilder t = new StringBuilder();
+        t.append("| shape | layout | threads | kernel | ms | ± | GB/s | of copy | of loop | scalar ms | vs scalar |\n");
+        t.append("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        List<String> ceilingRows = new ArrayList<>();
+        for (String shape : s.shapes) {
+            long elements = Problem.parse(shape, Layout.NCHW).elements();
+            double copy = median(byKey.get(new Key("copy", shape, null, null, null)));
+            double loop8 = median(byKey.get(new Key("vectorCopy", shape, null, null, null)));
+            double loop12 = median(byKey.get(new Key("vectorTriad", shape, null, null, null)));
+            ceilingRows.add(String.format(Locale.ROOT, "| %s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s |",
+                    shape, copy, gbs(8 * elements, copy), loop8, gbs(8 * elements, loop8), loop12,
+                    gbs(12 * elements, loop12)));
+            for (String layout : s.layouts) {
+                for (String threads : s.threads) {
+                    for (String kernel : KERNELS) {
+                        Result<?> vec = byKey.get(new Key(kernel, shape, layout, "vector", threads));
+                        Result<?> sca = byKey.get(new Key(kernel, shape, layout, "scalar", threads));
+                        Result<?> main = vec != null ? vec : sca;
+                        if (main == null) {
+                            continue;
+                        }
+                        double ms = median(main);
+                        long traffic = Problem.minimumTraffic(kernel, elements);
+                        double gb = gbs(traffic, ms);
+                        double copyGb = gbs(8 * elements, copy);
+                        double loopGb = kernel.equals("backward") ? gbs(12 * elements, loop12) : gbs(8 * elements, loop8);
+                        double scalarMs = sca == null ? Double.NaN : median(sca);
+                        t.append(String.format(Locale.ROOT, "| %s | %s | %s | %s%s | %.4g | %.2g | %.1f | %s | %s | %s | %s |%n",
+                                shape, layout, threads, kernel, vec == null ? " (scalar)" : "", ms,
+                                main.getScoreError(), gb, pct(gb / copyGb), pct(gb / loopGb),
+                                Double.isNaN(scalarMs) ? "" : String.format(Locale.ROOT, "%.4g", scalarMs),
+                                Double.isNaN(scalarMs) || vec == null ? "" : String.format(Locale.ROOT, "%.1fx", scalarMs / ms)));
+                    }
+                }
+            }
+        }
+        t.append("\nCeilings (same run, 1 thread):\n\n| shape | copy | vector copy loop | vector triad loop |\n|---|---|---|---|\n");
+        ceilingRows.forEach(r -> t.append(r).append('\n'));
+        return t.toString();
+    }
+
+    private static double median(Result<?> r) {
+        if (r == null) {
+            return Double.NaN;
+        }
+        return r.getStatistics().getN() > 0 ? r.getStatistics().getPercentile(50) : r.getScore();
+    }
+
+    private static double gbs(long bytes, double ms) {
+        return bytes / (ms * 1e-3) / 1e9;
+    }
+
+    private static String pct(double fraction) {
+        return Double.isNaN(fraction) ? "" : String.format(Locale.ROOT, "%.0f %%", 100 * fraction);
+    }
+
+    /** For tests of the argument parser. */
+    static TensorShape shapeOf(String descriptor) {
+        return Problem.parse(descriptor, Layout.NCHW);
+    }
+}
