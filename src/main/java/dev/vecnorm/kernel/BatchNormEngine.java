@@ -182,8 +182,12 @@ public final class BatchNormEngine {
     private void transform(MemorySegment x, MemorySegment y, float[] mu, float[] scale,
                            float[] offset) {
         if (nchw) {
-            workers.run(channels, c -> kernels.planeNormalize(x, y, planeOffset(0, c), planeStride(),
-                    n, spatial, mu[c], scale[c], offset[c]));
+            // Memory order, plane by plane: one sequential stream for the prefetchers.
+            workers.run(n * channels, p -> {
+                int c = p % channels;
+                kernels.planeNormalize(x, y, 4L * p * spatial, planeStride(), 1, spatial, mu[c],
+                        scale[c], offset[c]);
+            });
         } else {
             int tasks = rowTasks();
             workers.run(tasks, t -> kernels.rowNormalize(x, y, channels, m * t / tasks,
@@ -204,40 +208,70 @@ public final class BatchNormEngine {
         float[] mu = channelVector(mean, 0f);
         float[] var = channelVector(variance, 0f);
         boolean sums = !frozen || dgamma != null || dbeta != null;
+        float[] a = new float[channels], bb = new float[channels], cc = new float[channels];
+        if (nchw && !frozen && channels >= workers.parallelism()) {
+            // One task per channel: sums, then dx while the channel's x and dy are cached.
+            workers.run(channels, c -> {
+                double[] out = new double[2];
+                double sumDy = 0, sumDyXmu = 0;
+                for (int k = 0; k < chunks; k++) {
+                    kernels.planeGradientSums(x, dy, planeOffset(k * perChunk, c), planeStride(),
+                            planes(k), spatial, mu[c], out);
+                    sumDy += out[0];
+                    sumDyXmu += out[1];
+                }
+                gradientCoefficients(c, g, var, sumDy, sumDyXmu, dgamma, dbeta, a, bb, cc);
+                kernels.planeGradientInput(x, dy, dx, planeOffset(0, c), planeStride(), n, spatial,
+                        mu[c], a[c], bb[c], cc[c]);
+            });
+            return;
+        }
         double[] sumDy = new double[channels];
         double[] sumDyXmu = new double[channels];
         if (sums) {
             gradientSums(x, dy, mu, sumDy, sumDyXmu);
         }
-        float[] a = new float[channels], bb = new float[channels], cc = new float[channels];
-        float[] zero = new float[channels];
         for (int c = 0; c < channels; c++) {
-            double invstd = 1.0 / Math.sqrt((double) var[c] + epsilon);
-            double scale = g[c] * invstd;
-            if (dgamma != null) {
-                dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu[c]));
-            }
-            if (dbeta != null) {
-                dbeta.setAtIndex(F32, c, (float) sumDy[c]);
-            }
-            a[c] = (float) scale;
-            if (!frozen) {
-                bb[c] = (float) (-scale * invstd * invstd * sumDyXmu[c] / m);
-                cc[c] = (float) (-scale * sumDy[c] / m);
-            }
+            gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
         }
         if (frozen) {
+            float[] zero = new float[channels];
             transform(dy, dx, zero, a, zero);           // dx = fma(dy - 0, a, 0) = round(a * dy)
             return;
         }
         if (nchw) {
-            workers.run(channels, c -> kernels.planeGradientInput(x, dy, dx, planeOffset(0, c),
-                    planeStride(), n, spatial, mu[c], a[c], bb[c], cc[c]));
+            workers.run(n * channels, p -> {
+                int c = p % channels;
+                kernels.planeGradientInput(x, dy, dx, 4L * p * spatial, planeStride(), 1, spatial,
+                        mu[c], a[c], bb[c], cc[c]);
+            });
         } else {
             int tasks = rowTasks();
             workers.run(tasks, t -> kernels.rowGradientInput(x, dy, dx, channels, m * t / tasks,
                     m * (t + 1) / tasks, 0, channels, mu, a, bb, cc));
         }
+    }
+
+    /**
+     * Writes dgamma[c] and dbeta[c] (when wanted) and the float coefficients of
+     * dx = fma(x - mean, b, fma(dy, a, c)): a = gamma invstd, b = -a invstd^2 Sxdy / M,
+     * c = -a Sdy / M, each computed in double and rounded once. b and c stay 0 in the frozen case
+     * (the caller does not pass them on).
+     */
+    private void gradientCoefficients(int c, float[] g, float[] var, double sumDy, double sumDyXmu,
+                                      MemorySegment dgamma, MemorySegment dbeta, float[] a,
+                                      float[] b, float[] cc) {
+        double invstd = 1.0 / Math.sqrt((double) var[c] + epsilon);
+        double scale = g[c] * invstd;
+        if (dgamma != null) {
+            dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu));
+        }
+        if (dbeta != null) {
+            dbeta.setAtIndex(F32, c, (float) sumDy);
+        }
+        a[c] = (float) scale;
+        b[c] = (float) (-scale * invstd * invstd * sumDyXmu / m);
+        cc[c] = (float) (-scale * sumDy / m);
     }
 
     private void gradientSums(MemorySegment x, MemorySegment dy, float[] mu, double[] sumDy,

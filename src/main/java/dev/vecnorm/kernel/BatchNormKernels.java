@@ -9,21 +9,26 @@ import java.lang.foreign.MemorySegment;
  *
  * <p><b>Bitwise contract.</b> Every implementation produces the same bits for the same call:
  * <ul>
- *   <li>NCHW reductions use {@link #VIRTUAL_LANES} virtual lanes: within a plane, the element at
- *       index {@code s < spatial - spatial % VIRTUAL_LANES} goes to lane {@code s % VIRTUAL_LANES};
- *       the rest (the plane's tail) goes to one tail accumulator. Lanes run on across the planes
- *       of one call. Each lane adds in element order, in double. At the end the lanes are combined
- *       by the tree in {@link LaneTree#combine}, then the tail is added.</li>
+ *   <li>NCHW reductions use {@link #VIRTUAL_LANES} = 32 virtual lanes: within a plane, the
+ *       element at index {@code s < spatial - spatial % 16} goes to lane {@code s % 32}; the rest
+ *       (fewer than 16, the plane's tail) goes to one tail accumulator. Lanes run on across the
+ *       planes of one call. Each lane adds in element order, in double. At the end the lanes are
+ *       combined by the tree in {@link LaneTree#combine}, then the tail is added. (32 lanes give
+ *       four independent chains of additions per quantity at 512 bits, which the latency of
+ *       double adds needs; a half row of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
  *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
  *   <li>Element-wise transforms use the same fused multiply-adds in every implementation.</li>
  * </ul>
- * Vector widths are hence free to differ: a 512-bit vector holds 8 of the 16 double lanes, a
+ * Vector widths are hence free to differ: a 512-bit vector holds 8 of the 32 double lanes, a
  * 128-bit one 2.
  */
 public interface BatchNormKernels {
 
     /** Number of virtual accumulator lanes of an NCHW reduction, whatever the hardware width. */
-    int VIRTUAL_LANES = 16;
+    int VIRTUAL_LANES = 32;
+
+    /** NCHW reductions vectorise a plane's first {@code spatial - spatial % TAIL_GRANULE} values. */
+    int TAIL_GRANULE = 16;
 
     /** Human-readable name, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
     String description();

@@ -11,9 +11,9 @@ final class LaneTree {
     }
 
     /**
-     * Pairwise tree over {@code lanes[from .. from + 16)}: halves are added lane by lane
-     * (8 + 8, then 4 + 4, 2 + 2, 1 + 1), then {@code tail} is added. Destroys the array's contents.
-     * Pairwise combination also keeps the rounding error of the combination at log2(16) = 4 adds.
+     * Pairwise tree over {@code lanes[from .. from + 32)}: halves are added lane by lane
+     * (16 + 16, then 8 + 8, ..., 1 + 1), then {@code tail} is added. Destroys the array's contents.
+     * Pairwise combination also keeps the rounding error of the combination at log2(32) = 5 adds.
      */
     static double combine(double[] lanes, int from, double tail) {
         for (int half = BatchNormKernels.VIRTUAL_LANES / 2; half >= 1; half >>= 1) {

@@ -22,9 +22,9 @@ public final class ScalarKernels implements BatchNormKernels {
     @Override
     public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
                              float shift, double[] out) {
-        double[] lanes = new double[2 * LANES];          // [0, 16): sum d, [16, 32): sum d^2
+        double[] lanes = new double[2 * LANES];          // [0, 32): sum d, [32, 64): sum d^2
         double k = shift;
-        long body = spatial - spatial % LANES;
+        long body = spatial - spatial % TAIL_GRANULE;
         double t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
@@ -59,9 +59,9 @@ public final class ScalarKernels implements BatchNormKernels {
     @Override
     public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
                                   int planes, long spatial, float mean, double[] out) {
-        double[] lanes = new double[2 * LANES];          // [0, 16): sum dy, [16, 32): sum (x-mean) dy
+        double[] lanes = new double[2 * LANES];          // [0, 32): sum dy, [32, 64): sum (x-mean) dy
         double m = mean;
-        long body = spatial - spatial % LANES;
+        long body = spatial - spatial % TAIL_GRANULE;
         double t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;

@@ -19,9 +19,12 @@ import jdk.incubator.vector.VectorSpecies;
  * preferred width.
  *
  * <p>Reductions widen floats to double before they accumulate: {@code HALF} loads as many floats
- * as a {@code DOUBLES} vector has lanes. {@link BatchNormKernels#VIRTUAL_LANES} = 16 double lanes
- * take {@code ACCUMULATORS} = 16 / lanes-per-vector registers; the {@code ACCUMULATORS > 2} and
- * {@code > 4} branches are constant-folded by C2, so at 512 bits the loop body is two vectors.
+ * as a {@code DOUBLES} vector has lanes. The {@link BatchNormKernels#VIRTUAL_LANES} = 32 double
+ * lanes are two sets of 16 ({@code a}: lanes 0..15, {@code b}: 16..31), each set
+ * {@code ACCUMULATORS} = 16 / lanes-per-vector registers per quantity; the
+ * {@code ACCUMULATORS > 2} and {@code > 4} branches are constant-folded by C2, so at 512 bits the
+ * loop body is four independent vectors per quantity. Fewer chains leave the loop bound by the
+ * latency of double adds (measured: 3.2 ms with one chain, 0.8 ms with four, for 6.4 M floats).
  */
 final class VectorKernels implements BatchNormKernels {
 
@@ -31,7 +34,9 @@ final class VectorKernels implements BatchNormKernels {
     static final VectorSpecies<Float> HALF = VectorShape.forBitSize(BITS / 2).withLanes(float.class);
     private static final int FL = FLOATS.length();
     private static final int DL = DOUBLES.length();
-    private static final int ACCUMULATORS = VIRTUAL_LANES / DL;
+    private static final int HALF_LANES = VIRTUAL_LANES / 2;
+    /** Double vectors per 16 lanes: 2 at 512 bits, 4 at 256, 8 at 128. */
+    private static final int ACCUMULATORS = HALF_LANES / DL;
     private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -95,57 +100,131 @@ final class VectorKernels implements BatchNormKernels {
                              float shift, double[] out) {
         DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long bodyBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        DoubleVector sa0 = z, sa1 = z, sa2 = z, sa3 = z, sa4 = z, sa5 = z, sa6 = z, sa7 = z, sb0 = z, sb1 = z, sb2 = z, sb3 = z, sb4 = z, sb5 = z, sb6 = z, sb7 = z;
+        DoubleVector qa0 = z, qa1 = z, qa2 = z, qa3 = z, qa4 = z, qa5 = z, qa6 = z, qa7 = z, qb0 = z, qb1 = z, qb2 = z, qb3 = z, qb4 = z, qb5 = z, qb6 = z, qb7 = z;
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         double kd = shift, t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
-            long end = base + bodyBytes;
+            long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector d0 = widen(x, o).sub(k);
-                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
-                a0 = a0.add(d0);
-                q0 = d0.fma(d0, q0);
-                a1 = a1.add(d1);
-                q1 = d1.fma(d1, q1);
+                DoubleVector da0 = widen(x, o + 0L).sub(k);
+                sa0 = sa0.add(da0);
+                qa0 = da0.fma(da0, qa0);
+                DoubleVector db0 = widen(x, o + 64L).sub(k);
+                sb0 = sb0.add(db0);
+                qb0 = db0.fma(db0, qb0);
+                DoubleVector da1 = widen(x, o + 4L * DL).sub(k);
+                sa1 = sa1.add(da1);
+                qa1 = da1.fma(da1, qa1);
+                DoubleVector db1 = widen(x, o + 64L + 4L * DL).sub(k);
+                sb1 = sb1.add(db1);
+                qb1 = db1.fma(db1, qb1);
                 if (ACCUMULATORS > 2) {
-                    DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
-                    DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
-                    a2 = a2.add(d2);
-                    q2 = d2.fma(d2, q2);
-                    a3 = a3.add(d3);
-                    q3 = d3.fma(d3, q3);
+                    DoubleVector da2 = widen(x, o + 8L * DL).sub(k);
+                    sa2 = sa2.add(da2);
+                    qa2 = da2.fma(da2, qa2);
+                    DoubleVector db2 = widen(x, o + 64L + 8L * DL).sub(k);
+                    sb2 = sb2.add(db2);
+                    qb2 = db2.fma(db2, qb2);
+                }
+                if (ACCUMULATORS > 2) {
+                    DoubleVector da3 = widen(x, o + 12L * DL).sub(k);
+                    sa3 = sa3.add(da3);
+                    qa3 = da3.fma(da3, qa3);
+                    DoubleVector db3 = widen(x, o + 64L + 12L * DL).sub(k);
+                    sb3 = sb3.add(db3);
+                    qb3 = db3.fma(db3, qb3);
                 }
                 if (ACCUMULATORS > 4) {
-                    DoubleVector d4 = widen(x, o + 16L * DL).sub(k);
-                    DoubleVector d5 = widen(x, o + 20L * DL).sub(k);
-                    DoubleVector d6 = widen(x, o + 24L * DL).sub(k);
-                    DoubleVector d7 = widen(x, o + 28L * DL).sub(k);
-                    a4 = a4.add(d4);
-                    q4 = d4.fma(d4, q4);
-                    a5 = a5.add(d5);
-                    q5 = d5.fma(d5, q5);
-                    a6 = a6.add(d6);
-                    q6 = d6.fma(d6, q6);
-                    a7 = a7.add(d7);
-                    q7 = d7.fma(d7, q7);
+                    DoubleVector da4 = widen(x, o + 16L * DL).sub(k);
+                    sa4 = sa4.add(da4);
+                    qa4 = da4.fma(da4, qa4);
+                    DoubleVector db4 = widen(x, o + 64L + 16L * DL).sub(k);
+                    sb4 = sb4.add(db4);
+                    qb4 = db4.fma(db4, qb4);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da5 = widen(x, o + 20L * DL).sub(k);
+                    sa5 = sa5.add(da5);
+                    qa5 = da5.fma(da5, qa5);
+                    DoubleVector db5 = widen(x, o + 64L + 20L * DL).sub(k);
+                    sb5 = sb5.add(db5);
+                    qb5 = db5.fma(db5, qb5);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da6 = widen(x, o + 24L * DL).sub(k);
+                    sa6 = sa6.add(da6);
+                    qa6 = da6.fma(da6, qa6);
+                    DoubleVector db6 = widen(x, o + 64L + 24L * DL).sub(k);
+                    sb6 = sb6.add(db6);
+                    qb6 = db6.fma(db6, qb6);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da7 = widen(x, o + 28L * DL).sub(k);
+                    sa7 = sa7.add(da7);
+                    qa7 = da7.fma(da7, qa7);
+                    DoubleVector db7 = widen(x, o + 64L + 28L * DL).sub(k);
+                    sb7 = sb7.add(db7);
+                    qb7 = db7.fma(db7, qb7);
                 }
             }
-            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+            if (end < base + halfBytes) {       // a half row: lanes 0..15 only
+                long o = end;
+                DoubleVector da0 = widen(x, o + 0L).sub(k);
+                sa0 = sa0.add(da0);
+                qa0 = da0.fma(da0, qa0);
+                DoubleVector da1 = widen(x, o + 4L * DL).sub(k);
+                sa1 = sa1.add(da1);
+                qa1 = da1.fma(da1, qa1);
+                if (ACCUMULATORS > 2) {
+                    DoubleVector da2 = widen(x, o + 8L * DL).sub(k);
+                    sa2 = sa2.add(da2);
+                    qa2 = da2.fma(da2, qa2);
+                }
+                if (ACCUMULATORS > 2) {
+                    DoubleVector da3 = widen(x, o + 12L * DL).sub(k);
+                    sa3 = sa3.add(da3);
+                    qa3 = da3.fma(da3, qa3);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da4 = widen(x, o + 16L * DL).sub(k);
+                    sa4 = sa4.add(da4);
+                    qa4 = da4.fma(da4, qa4);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da5 = widen(x, o + 20L * DL).sub(k);
+                    sa5 = sa5.add(da5);
+                    qa5 = da5.fma(da5, qa5);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da6 = widen(x, o + 24L * DL).sub(k);
+                    sa6 = sa6.add(da6);
+                    qa6 = da6.fma(da6, qa6);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector da7 = widen(x, o + 28L * DL).sub(k);
+                    sa7 = sa7.add(da7);
+                    qa7 = da7.fma(da7, qa7);
+                }
+            }
+            for (long o = base + halfBytes, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
                 double d = (double) x.get(F32, o) - kd;
                 t1 += d;
                 t2 = Math.fma(d, d, t2);
             }
         }
         double[] lanes = new double[2 * VIRTUAL_LANES];
-        spill(lanes, 0, a0, a1, a2, a3, a4, a5, a6, a7);
-        spill(lanes, VIRTUAL_LANES, q0, q1, q2, q3, q4, q5, q6, q7);
+        spill(lanes, 0, sa0, sa1, sa2, sa3, sa4, sa5, sa6, sa7);
+        spill(lanes, HALF_LANES, sb0, sb1, sb2, sb3, sb4, sb5, sb6, sb7);
+        spill(lanes, VIRTUAL_LANES, qa0, qa1, qa2, qa3, qa4, qa5, qa6, qa7);
+        spill(lanes, VIRTUAL_LANES + HALF_LANES, qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7);
         out[0] = LaneTree.combine(lanes, 0, t1);
         out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
     }
 
-    /** Writes the used accumulators to lanes[from, from + 16) in virtual-lane order. */
+    /** Writes 16 lanes' accumulators to lanes[from, from + 16) in virtual-lane order. */
     private static void spill(double[] lanes, int from, DoubleVector v0, DoubleVector v1,
                               DoubleVector v2, DoubleVector v3, DoubleVector v4, DoubleVector v5,
                               DoubleVector v6, DoubleVector v7) {
@@ -187,44 +266,116 @@ final class VectorKernels implements BatchNormKernels {
                                   int planes, long spatial, float mean, double[] out) {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long bodyBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        DoubleVector sa0 = z, sa1 = z, sa2 = z, sa3 = z, sa4 = z, sa5 = z, sa6 = z, sa7 = z, sb0 = z, sb1 = z, sb2 = z, sb3 = z, sb4 = z, sb5 = z, sb6 = z, sb7 = z;
+        DoubleVector qa0 = z, qa1 = z, qa2 = z, qa3 = z, qa4 = z, qa5 = z, qa6 = z, qa7 = z, qb0 = z, qb1 = z, qb2 = z, qb3 = z, qb4 = z, qb5 = z, qb6 = z, qb7 = z;
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         double md = mean, t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
-            long end = base + bodyBytes;
+            long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector g0 = widen(dy, o);
-                DoubleVector g1 = widen(dy, o + 4L * DL);
-                a0 = a0.add(g0);
-                q0 = widen(x, o).sub(m).fma(g0, q0);
-                a1 = a1.add(g1);
-                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                DoubleVector ga0 = widen(dy, o + 0L);
+                sa0 = sa0.add(ga0);
+                qa0 = widen(x, o + 0L).sub(m).fma(ga0, qa0);
+                DoubleVector gb0 = widen(dy, o + 64L);
+                sb0 = sb0.add(gb0);
+                qb0 = widen(x, o + 64L).sub(m).fma(gb0, qb0);
+                DoubleVector ga1 = widen(dy, o + 4L * DL);
+                sa1 = sa1.add(ga1);
+                qa1 = widen(x, o + 4L * DL).sub(m).fma(ga1, qa1);
+                DoubleVector gb1 = widen(dy, o + 64L + 4L * DL);
+                sb1 = sb1.add(gb1);
+                qb1 = widen(x, o + 64L + 4L * DL).sub(m).fma(gb1, qb1);
                 if (ACCUMULATORS > 2) {
-                    DoubleVector g2 = widen(dy, o + 8L * DL);
-                    DoubleVector g3 = widen(dy, o + 12L * DL);
-                    a2 = a2.add(g2);
-                    q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
-                    a3 = a3.add(g3);
-                    q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+                    DoubleVector ga2 = widen(dy, o + 8L * DL);
+                    sa2 = sa2.add(ga2);
+                    qa2 = widen(x, o + 8L * DL).sub(m).fma(ga2, qa2);
+                    DoubleVector gb2 = widen(dy, o + 64L + 8L * DL);
+                    sb2 = sb2.add(gb2);
+                    qb2 = widen(x, o + 64L + 8L * DL).sub(m).fma(gb2, qb2);
+                }
+                if (ACCUMULATORS > 2) {
+                    DoubleVector ga3 = widen(dy, o + 12L * DL);
+                    sa3 = sa3.add(ga3);
+                    qa3 = widen(x, o + 12L * DL).sub(m).fma(ga3, qa3);
+                    DoubleVector gb3 = widen(dy, o + 64L + 12L * DL);
+                    sb3 = sb3.add(gb3);
+                    qb3 = widen(x, o + 64L + 12L * DL).sub(m).fma(gb3, qb3);
                 }
                 if (ACCUMULATORS > 4) {
-                    DoubleVector g4 = widen(dy, o + 16L * DL);
-                    DoubleVector g5 = widen(dy, o + 20L * DL);
-                    DoubleVector g6 = widen(dy, o + 24L * DL);
-                    DoubleVector g7 = widen(dy, o + 28L * DL);
-                    a4 = a4.add(g4);
-                    q4 = widen(x, o + 16L * DL).sub(m).fma(g4, q4);
-                    a5 = a5.add(g5);
-                    q5 = widen(x, o + 20L * DL).sub(m).fma(g5, q5);
-                    a6 = a6.add(g6);
-                    q6 = widen(x, o + 24L * DL).sub(m).fma(g6, q6);
-                    a7 = a7.add(g7);
-                    q7 = widen(x, o + 28L * DL).sub(m).fma(g7, q7);
+                    DoubleVector ga4 = widen(dy, o + 16L * DL);
+                    sa4 = sa4.add(ga4);
+                    qa4 = widen(x, o + 16L * DL).sub(m).fma(ga4, qa4);
+                    DoubleVector gb4 = widen(dy, o + 64L + 16L * DL);
+                    sb4 = sb4.add(gb4);
+                    qb4 = widen(x, o + 64L + 16L * DL).sub(m).fma(gb4, qb4);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga5 = widen(dy, o + 20L * DL);
+                    sa5 = sa5.add(ga5);
+                    qa5 = widen(x, o + 20L * DL).sub(m).fma(ga5, qa5);
+                    DoubleVector gb5 = widen(dy, o + 64L + 20L * DL);
+                    sb5 = sb5.add(gb5);
+                    qb5 = widen(x, o + 64L + 20L * DL).sub(m).fma(gb5, qb5);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga6 = widen(dy, o + 24L * DL);
+                    sa6 = sa6.add(ga6);
+                    qa6 = widen(x, o + 24L * DL).sub(m).fma(ga6, qa6);
+                    DoubleVector gb6 = widen(dy, o + 64L + 24L * DL);
+                    sb6 = sb6.add(gb6);
+                    qb6 = widen(x, o + 64L + 24L * DL).sub(m).fma(gb6, qb6);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga7 = widen(dy, o + 28L * DL);
+                    sa7 = sa7.add(ga7);
+                    qa7 = widen(x, o + 28L * DL).sub(m).fma(ga7, qa7);
+                    DoubleVector gb7 = widen(dy, o + 64L + 28L * DL);
+                    sb7 = sb7.add(gb7);
+                    qb7 = widen(x, o + 64L + 28L * DL).sub(m).fma(gb7, qb7);
                 }
             }
-            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
+            if (end < base + halfBytes) {       // a half row: lanes 0..15 only
+                long o = end;
+                DoubleVector ga0 = widen(dy, o + 0L);
+                sa0 = sa0.add(ga0);
+                qa0 = widen(x, o + 0L).sub(m).fma(ga0, qa0);
+                DoubleVector ga1 = widen(dy, o + 4L * DL);
+                sa1 = sa1.add(ga1);
+                qa1 = widen(x, o + 4L * DL).sub(m).fma(ga1, qa1);
+                if (ACCUMULATORS > 2) {
+                    DoubleVector ga2 = widen(dy, o + 8L * DL);
+                    sa2 = sa2.add(ga2);
+                    qa2 = widen(x, o + 8L * DL).sub(m).fma(ga2, qa2);
+                }
+                if (ACCUMULATORS > 2) {
+                    DoubleVector ga3 = widen(dy, o + 12L * DL);
+                    sa3 = sa3.add(ga3);
+                    qa3 = widen(x, o + 12L * DL).sub(m).fma(ga3, qa3);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga4 = widen(dy, o + 16L * DL);
+                    sa4 = sa4.add(ga4);
+                    qa4 = widen(x, o + 16L * DL).sub(m).fma(ga4, qa4);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga5 = widen(dy, o + 20L * DL);
+                    sa5 = sa5.add(ga5);
+                    qa5 = widen(x, o + 20L * DL).sub(m).fma(ga5, qa5);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga6 = widen(dy, o + 24L * DL);
+                    sa6 = sa6.add(ga6);
+                    qa6 = widen(x, o + 24L * DL).sub(m).fma(ga6, qa6);
+                }
+                if (ACCUMULATORS > 4) {
+                    DoubleVector ga7 = widen(dy, o + 28L * DL);
+                    sa7 = sa7.add(ga7);
+                    qa7 = widen(x, o + 28L * DL).sub(m).fma(ga7, qa7);
+                }
+            }
+            for (long o = base + halfBytes, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
                 double g = dy.get(F32, o);
                 double d = (double) x.get(F32, o) - md;
                 t1 += g;
@@ -232,8 +383,10 @@ final class VectorKernels implements BatchNormKernels {
             }
         }
         double[] lanes = new double[2 * VIRTUAL_LANES];
-        spill(lanes, 0, a0, a1, a2, a3, a4, a5, a6, a7);
-        spill(lanes, VIRTUAL_LANES, q0, q1, q2, q3, q4, q5, q6, q7);
+        spill(lanes, 0, sa0, sa1, sa2, sa3, sa4, sa5, sa6, sa7);
+        spill(lanes, HALF_LANES, sb0, sb1, sb2, sb3, sb4, sb5, sb6, sb7);
+        spill(lanes, VIRTUAL_LANES, qa0, qa1, qa2, qa3, qa4, qa5, qa6, qa7);
+        spill(lanes, VIRTUAL_LANES + HALF_LANES, qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7);
         out[0] = LaneTree.combine(lanes, 0, t1);
         out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
     }
