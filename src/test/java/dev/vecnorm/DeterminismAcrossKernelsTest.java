@@ -1,0 +1,100 @@
+package dev.vecnorm;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Bits across kernel configurations. Each Surefire run (vector at 512, 128 and 256 bits, scalar)
+ * computes a fixed set of seeded problems, writes a hash of every output to
+ * {@code vecnorm.determinismDir/<kernels>.txt}, and compares its hashes with those of every run
+ * before it in the same build; the last run (scalar) is told how many it must find, so a
+ * configuration that silently skipped this test fails the build.
+ */
+class DeterminismAcrossKernelsTest {
+
+    private static final String DIR = System.getProperty("vecnorm.determinismDir");
+    private static final int EXPECT_OTHERS = Integer.getInteger("vecnorm.determinismExpectOthers", 0);
+
+    /** Shapes that exercise full 32-lane rows, half rows, tails, few/many channels, both layouts. */
+    static final TensorShape[] PROBLEMS = {
+        TensorShape.nchw(3, 5, 7, 7), TensorShape.nhwc(3, 5, 7, 7),
+        TensorShape.nchw(2, 3, 13, 11), TensorShape.nhwc(2, 37, 5, 3),
+        TensorShape.nchw(4, 17, 8, 8), TensorShape.nhwc(4, 17, 8, 8),
+        TensorShape.nchw(64, 2, 1, 1), TensorShape.nc(33, 70),
+        TensorShape.nchw(2, 2, 180, 200), TensorShape.nhwc(5, 300, 2, 3),
+    };
+
+    static Map<String, String> hashes() {
+        Map<String, String> out = new TreeMap<>();
+        int seed = 0;
+        for (TensorShape shape : PROBLEMS) {
+            seed++;
+            for (TestData.Distribution kind : TestData.Distribution.values()) {
+                float[] x = TestData.tensor(shape, seed * 31L + kind.ordinal(), ForwardProperties.kindsFrom(kind));
+                float[] dy = TestData.gaussian(x.length, seed + 7, 1);
+                float[] gamma = TestData.gaussian(shape.channels(), seed + 1, 1);
+                float[] beta = TestData.gaussian(shape.channels(), seed + 2, 1);
+                BatchNorm bn = BatchNorm.builder(shape).epsilon(1e-3f).build();
+                Runs.Training t = Runs.training(bn, x, gamma, beta);
+                Runs.Backward g = Runs.backward(bn, false, x, dy, gamma, t.mean(), t.variance());
+                float[] inf = Runs.inference(bn, x, gamma, beta, t.mean(), t.variance());
+                String key = shape.batch() + "x" + shape.channels() + "x" + shape.spatial() + " "
+                        + shape.layout() + " " + kind;
+                out.put(key, hash(t.y()) + " " + hash(t.mean()) + " " + hash(t.variance()) + " "
+                        + hash(inf) + " " + hash(g.dx()) + " " + hash(g.dgamma()) + " " + hash(g.dbeta()));
+            }
+        }
+        return out;
+    }
+
+    private static String hash(float[] v) {
+        long h = 1125899906842597L;
+        for (float f : v) {
+            h = 31 * h + Float.floatToRawIntBits(f);
+        }
+        return Long.toHexString(h);
+    }
+
+    @Test
+    void everyKernelConfigurationGivesTheSameBits() throws IOException {
+        Map<String, String> mine = hashes();
+        assertEquals(mine, hashes(), "the same run twice");
+        if (DIR == null) {
+            return;                 // run outside Maven: nothing to compare with
+        }
+        Path dir = Path.of(DIR);
+        Files.createDirectories(dir);
+        String me = BatchNorm.kernels().replaceAll("[^A-Za-z0-9-]+", "_");
+        List<Path> others = new ArrayList<>();
+        try (Stream<Path> files = Files.list(dir)) {
+            files.filter(p -> !p.getFileName().toString().equals(me + ".txt")).forEach(others::add);
+        }
+        for (Path other : others) {
+            Map<String, String> theirs = new TreeMap<>();
+            for (String line : Files.readAllLines(other, StandardCharsets.UTF_8)) {
+                int tab = line.indexOf('\t');
+                theirs.put(line.substring(0, tab), line.substring(tab + 1));
+            }
+            for (Map.Entry<String, String> e : mine.entrySet()) {
+                assertEquals(theirs.get(e.getKey()), e.getValue(), BatchNorm.kernels() + " vs "
+                        + other.getFileName() + ": outputs differ for " + e.getKey());
+            }
+        }
+        assertTrue(others.size() >= EXPECT_OTHERS, "expected hashes of " + EXPECT_OTHERS
+                + " other kernel configurations in " + dir + ", found " + others);
+        StringBuilder text = new StringBuilder();
+        mine.forEach((k, v) -> text.append(k).append('\t').append(v).append('\n'));
+        Files.writeString(dir.resolve(me + ".txt"), text, StandardCharsets.UTF_8);
+    }
+}

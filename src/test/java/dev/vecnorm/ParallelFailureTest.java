@@ -1,0 +1,99 @@
+package dev.vecnorm;
+
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.List;
+import java.util.concurrent.AbstractExecutorService;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.FutureTask;
+import java.util.concurrent.RunnableFuture;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+
+/** A worker that cannot run or fails surfaces as an exception, never as a silent success. */
+class ParallelFailureTest {
+
+    static final TensorShape SHAPE = TensorShape.nhwc(8, 16, 9, 9);
+
+    @Test
+    void aShutDownExecutorIsAnError() {
+        ExecutorService pool = Executors.newFixedThreadPool(2);
+        pool.shutdown();
+        BatchNorm bn = BatchNorm.builder(SHAPE).parallelism(2).executor(pool).build();
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment x = Segments.of(arena, TestData.gaussian((int) SHAPE.elements(), 1, 1));
+            MemorySegment y = Segments.zeros(arena, SHAPE.elements());
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> bn.forwardTraining(
+                    x, null, null, y, Segments.zeros(arena, 16), Segments.zeros(arena, 16)));
+            assertTrue(e.getMessage().contains("refused"), e.getMessage());
+        }
+    }
+
+    /** An executor whose tasks die: the failure reaches the caller. */
+    @Test
+    void aFailingWorkerIsAnError() {
+        ExecutorService broken = new AbstractExecutorService() {
+            @Override
+            protected <T> RunnableFuture<T> newTaskFor(Runnable task, T value) {
+                return new FutureTask<>(() -> {
+                    throw new IllegalStateException("worker died");
+                });
+            }
+
+            @Override
+            public void execute(Runnable command) {
+                Thread.ofPlatform().start(command);
+            }
+
+            @Override
+            public void shutdown() {
+            }
+
+            @Override
+            public List<Runnable> shutdownNow() {
+                return List.of();
+            }
+
+            @Override
+            public boolean isShutdown() {
+                return false;
+            }
+
+            @Override
+            public boolean isTerminated() {
+                return false;
+            }
+
+            @Override
+            public boolean awaitTermination(long timeout, TimeUnit unit) {
+                return true;
+            }
+        };
+        BatchNorm bn = BatchNorm.builder(SHAPE).parallelism(2).executor(broken).build();
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment x = Segments.of(arena, TestData.gaussian((int) SHAPE.elements(), 1, 1));
+            MemorySegment y = Segments.zeros(arena, SHAPE.elements());
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> bn.forwardInference(
+                    x, null, null, Segments.zeros(arena, 16), Segments.of(arena, new float[16]), y));
+            assertTrue(e.getMessage().contains("worker died"), e.getMessage());
+        }
+    }
+
+    /** Confined segments cannot be handed to other threads: the call runs on the caller alone. */
+    @Test
+    void confinedSegmentsRunOnTheCallingThreadWithTheSameBits() {
+        float[] x = TestData.gaussian((int) SHAPE.elements(), 3, 1);
+        BatchNorm one = BatchNorm.builder(SHAPE).build();
+        BatchNorm two = BatchNorm.builder(SHAPE).parallelism(2).build();
+        Runs.Training expected = Runs.training(one, x, null, null);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment xs = Segments.of(arena, x), y = Segments.zeros(arena, x.length);
+            two.forwardTraining(xs, null, null, y, Segments.zeros(arena, 16), Segments.zeros(arena, 16));
+            Expect.bitwiseEqual("y", expected.y(), Segments.toArray(y), "confined");
+        }
+    }
+}
