@@ -25,9 +25,19 @@ class DeterminismProperties {
         POOL.shutdownNow();
     }
 
+    /**
+     * Shapes of 65 536 to about 200 000 elements (smaller ones always run on the calling thread):
+     * few and many channels, so NCHW takes both its per-channel and its chunked path.
+     */
     @Provide
     Arbitrary<TensorShape> shapes() {
-        return Shapes.shapes();
+        return net.jqwik.api.Combinators.combine(Arbitraries.integers().between(1, 8),
+                Arbitraries.of(1, 2, 3, 5, 17, 64, 301), Arbitraries.longs().between(65_536, 200_000),
+                Arbitraries.of(Layout.class)).as((n, c, total, layout) -> {
+                    long spatial = Math.max(1, Math.ceilDiv(total, (long) n * c));
+                    int batch = n * spatial < 2 ? 2 : n;
+                    return new TensorShape(batch, c, spatial, layout);
+                });
     }
 
     @Provide
@@ -35,7 +45,7 @@ class DeterminismProperties {
         return Arbitraries.of(2, 3, 7, 16);
     }
 
-    @Property(tries = 60)
+    @Property(tries = 40)
     void outputsAreIdenticalForEveryParallelism(@ForAll("shapes") TensorShape shape,
                                                 @ForAll("parallelism") int threads,
                                                 @ForAll boolean commonPool, @ForAll long seed,

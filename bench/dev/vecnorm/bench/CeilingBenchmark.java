@@ -5,6 +5,12 @@ import dev.vecnorm.TensorShape;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.VectorSpecies;
@@ -35,9 +41,14 @@ public class CeilingBenchmark {
     @Param({"mb32ic64ih56iw56"})
     public String shape;
 
+    /** Threads that share the loop: contiguous parts, the caller runs the first. */
+    @Param({"1"})
+    public int threads;
+
     private Arena arena;
     private MemorySegment x, y, dy;
     private long bytes;
+    private ExecutorService pool;
 
     @Setup
     public void setUp() {
@@ -47,35 +58,74 @@ public class CeilingBenchmark {
         dy = Problem.random(arena, t.elements(), 2, 0f, 1f);
         y = arena.allocate(4 * t.elements(), 64);
         bytes = 4 * t.elements();
+        pool = threads > 1 ? Executors.newFixedThreadPool(threads - 1) : null;
     }
 
     @TearDown
     public void tearDown() {
+        if (pool != null) {
+            pool.shutdownNow();
+        }
         arena.close();
+    }
+
+    private interface Part {
+        void run(long from, long to);
+    }
+
+    /** Splits [0, bytes) into 'threads' parts aligned to 64 bytes and waits for all. */
+    private void split(Part part) {
+        if (pool == null) {
+            part.run(0, bytes);
+            return;
+        }
+        List<Future<?>> futures = new ArrayList<>();
+        for (int i = 1; i < threads; i++) {
+            long from = bytes * i / threads / 64 * 64;
+            long to = i + 1 == threads ? bytes : bytes * (i + 1) / threads / 64 * 64;
+            futures.add(pool.submit(() -> part.run(from, to)));
+        }
+        part.run(0, bytes / threads / 64 * 64);
+        try {
+            for (Future<?> f : futures) {
+                f.get();
+            }
+        } catch (InterruptedException | ExecutionException e) {
+            throw new IllegalStateException(e);
+        }
     }
 
     @Benchmark
     public void copy() {
-        MemorySegment.copy(x, 0, y, 0, bytes);
+        split((from, to) -> MemorySegment.copy(x, from, y, from, to - from));
     }
 
     @Benchmark
     public void vectorCopy() {
-        long step = S.vectorByteSize();
-        long end = bytes - bytes % step;
-        for (long o = 0; o < end; o += step) {
-            FloatVector.fromMemorySegment(S, x, o, NATIVE).intoMemorySegment(y, o, NATIVE);
-        }
-        MemorySegment.copy(x, end, y, end, bytes - end);
+        split((from, to) -> {
+            long step = S.vectorByteSize();
+            long end = to - (to - from) % step;
+            for (long o = from; o < end; o += step) {
+                FloatVector.fromMemorySegment(S, x, o, NATIVE).intoMemorySegment(y, o, NATIVE);
+            }
+            MemorySegment.copy(x, end, y, end, to - end);
+        });
     }
 
     @Benchmark
     public void vectorTriad() {
-        long step = S.vectorByteSize();
-        long end = bytes - bytes % step;
-        for (long o = 0; o < end; o += step) {
-            FloatVector.fromMemorySegment(S, x, o, NATIVE).add(FloatVector.fromMemorySegment(S, dy, o, NATIVE))
-                    .intoMemorySegment(y, o, NATIVE);
-        }
+        split((from, to) -> {
+            long step = S.vectorByteSize();
+            long end = to - (to - from) % step;
+            for (long o = from; o < end; o += step) {
+                FloatVector.fromMemorySegment(S, x, o, NATIVE).add(FloatVector.fromMemorySegment(S, dy, o, NATIVE))
+                        .intoMemorySegment(y, o, NATIVE);
+            }
+            for (long o = end; o < to; o += 4) {
+                y.set(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, o,
+                        x.get(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, o)
+                        + dy.get(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, o));
+            }
+        });
     }
 }

@@ -73,8 +73,11 @@ public final class Report {
         System.out.println();
         System.out.println(table);
         Path md = s.out.resolve("report.md");
-        Files.writeString(md, header(s) + table, StandardCharsets.UTF_8);
-        System.out.println("written: " + md + " and " + s.out.resolve("jmh-result.json"));
+        Path svg = s.out.resolve("report.svg");
+        Chart.write(byKey(results), s, svg);
+        Files.writeString(md, header(s) + "![GB/s per kernel against the copy ceiling](report.svg)\n\n" + table,
+                StandardCharsets.UTF_8);
+        System.out.println("written: " + md + ", " + svg + " and " + s.out.resolve("jmh-result.json"));
     }
 
     static Settings settings(String[] args) {
@@ -135,11 +138,11 @@ public final class Report {
                 + " the vector kernel's.\n\n";
     }
 
-    /** Median time in ms of one benchmark, keyed by name and params. */
-    private record Key(String benchmark, String shape, String layout, String kernels, String threads) {
+    /** One benchmark's result, keyed by name and params (null where a benchmark has none). */
+    record Key(String benchmark, String shape, String layout, String kernels, String threads) {
     }
 
-    static String table(Collection<RunResult> results, Settings s) {
+    static Map<Key, Result<?>> byKey(Collection<RunResult> results) {
         Map<Key, Result<?>> byKey = new LinkedHashMap<>();
         for (RunResult r : results) {
             var p = r.getParams();
@@ -147,20 +150,33 @@ public final class Report {
             byKey.put(new Key(name, p.getParam("shape"), p.getParam("layout"), p.getParam("kernels"),
                     p.getParam("threads")), r.getPrimaryResult());
         }
+        return byKey;
+    }
+
+    /** Median ms of a ceiling benchmark (they have no layout or kernels). */
+    static double ceiling(Map<Key, Result<?>> byKey, String name, String shape, String threads) {
+        return median(byKey.get(new Key(name, shape, null, null, threads)));
+    }
+
+    static String table(Collection<RunResult> results, Settings s) {
+        Map<Key, Result<?>> byKey = byKey(results);
         StringBuilder t = new StringBuilder();
         t.append("| shape | layout | threads | kernel | ms | ± | GB/s | of copy | of loop | scalar ms | vs scalar |\n");
         t.append("|---|---|---|---|---|---|---|---|---|---|---|\n");
-        List<String> ceilingRows = new ArrayList<>();
+        StringBuilder ceilings = new StringBuilder();
         for (String shape : s.shapes) {
             long elements = Problem.parse(shape, Layout.NCHW).elements();
-            double copy = median(byKey.get(new Key("copy", shape, null, null, null)));
-            double loop8 = median(byKey.get(new Key("vectorCopy", shape, null, null, null)));
-            double loop12 = median(byKey.get(new Key("vectorTriad", shape, null, null, null)));
-            ceilingRows.add(String.format(Locale.ROOT, "| %s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s |",
-                    shape, copy, gbs(8 * elements, copy), loop8, gbs(8 * elements, loop8), loop12,
-                    gbs(12 * elements, loop12)));
+            for (String threads : s.threads) {
+                double copy = ceiling(byKey, "copy", shape, threads);
+                double loop8 = ceiling(byKey, "vectorCopy", shape, threads);
+                double loop12 = ceiling(byKey, "vectorTriad", shape, threads);
+                ceilings.append(String.format(Locale.ROOT, "| %s | %s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s | %.4g ms, %.1f GB/s |%n",
+                        shape, threads, copy, gbs(8 * elements, copy), loop8, gbs(8 * elements, loop8), loop12,
+                        gbs(12 * elements, loop12)));
+            }
             for (String layout : s.layouts) {
                 for (String threads : s.threads) {
+                    double copyGb = gbs(8 * elements, ceiling(byKey, "copy", shape, threads));
                     for (String kernel : KERNELS) {
                         Result<?> vec = byKey.get(new Key(kernel, shape, layout, "vector", threads));
                         Result<?> sca = byKey.get(new Key(kernel, shape, layout, "scalar", threads));
@@ -169,10 +185,10 @@ public final class Report {
                             continue;
                         }
                         double ms = median(main);
-                        long traffic = Problem.minimumTraffic(kernel, elements);
-                        double gb = gbs(traffic, ms);
-                        double copyGb = gbs(8 * elements, copy);
-                        double loopGb = kernel.equals("backward") ? gbs(12 * elements, loop12) : gbs(8 * elements, loop8);
+                        double gb = gbs(Problem.minimumTraffic(kernel, elements), ms);
+                        double loopGb = kernel.equals("backward")
+                                ? gbs(12 * elements, ceiling(byKey, "vectorTriad", shape, threads))
+                                : gbs(8 * elements, ceiling(byKey, "vectorCopy", shape, threads));
                         double scalarMs = sca == null ? Double.NaN : median(sca);
                         t.append(String.format(Locale.ROOT, "| %s | %s | %s | %s%s | %.4g | %.2g | %.1f | %s | %s | %s | %s |%n",
                                 shape, layout, threads, kernel, vec == null ? " (scalar)" : "", ms,
@@ -183,8 +199,36 @@ public final class Report {
                 }
             }
         }
-        t.append("\nCeilings (same run, 1 thread):\n\n| shape | copy | vector copy loop | vector triad loop |\n|---|---|---|---|\n");
-        ceilingRows.forEach(r -> t.append(r).append('\n'));
+        t.append("\nCeilings, measured in the same run:\n\n| shape | threads | copy | vector copy loop | vector triad loop |\n|---|---|---|---|---|\n");
+        t.append(ceilings);
+        if (s.threads.size() > 1) {
+            t.append(scaling(byKey, s));
+        }
+        return t.toString();
+    }
+
+    /** Speed-up of each thread count over the first, and efficiency = speed-up / threads. */
+    static String scaling(Map<Key, Result<?>> byKey, Settings s) {
+        String base = s.threads.get(0);
+        StringBuilder t = new StringBuilder("\nScaling (vector kernels; efficiency = speed-up / thread ratio):\n\n"
+                + "| shape | layout | kernel | threads | speed-up | efficiency | copy speed-up |\n|---|---|---|---|---|---|---|\n");
+        for (String shape : s.shapes) {
+            for (String layout : s.layouts) {
+                for (String kernel : KERNELS) {
+                    double one = median(byKey.get(new Key(kernel, shape, layout, "vector", base)));
+                    for (String threads : s.threads.subList(1, s.threads.size())) {
+                        double many = median(byKey.get(new Key(kernel, shape, layout, "vector", threads)));
+                        if (Double.isNaN(one) || Double.isNaN(many)) {
+                            continue;
+                        }
+                        double ratio = Double.parseDouble(threads) / Double.parseDouble(base);
+                        double copyUp = ceiling(byKey, "copy", shape, base) / ceiling(byKey, "copy", shape, threads);
+                        t.append(String.format(Locale.ROOT, "| %s | %s | %s | %s | %.2fx | %s | %.2fx |%n", shape,
+                                layout, kernel, threads, one / many, pct(one / many / ratio), copyUp));
+                    }
+                }
+            }
+        }
         return t.toString();
     }
 

@@ -17,7 +17,8 @@ import org.junit.jupiter.api.Test;
 /** A worker that cannot run or fails surfaces as an exception, never as a silent success. */
 class ParallelFailureTest {
 
-    static final TensorShape SHAPE = TensorShape.nhwc(8, 16, 9, 9);
+    /** Above the 65 536 elements from which calls use other threads. */
+    static final TensorShape SHAPE = TensorShape.nhwc(8, 16, 24, 24);
 
     @Test
     void aShutDownExecutorIsAnError() {

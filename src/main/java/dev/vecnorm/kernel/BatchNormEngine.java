@@ -19,6 +19,12 @@ import java.util.concurrent.ExecutorService;
 public final class BatchNormEngine {
 
     static final long CHUNK_ELEMENTS = 1L << 15;
+    /**
+     * Below this many elements a call runs on the calling thread whatever the parallelism: handing
+     * work to another thread costs microseconds, more than such a problem takes (the results are
+     * the same either way).
+     */
+    static final long PARALLEL_MIN_ELEMENTS = 1L << 16;
     static final int MAX_CHUNKS = 16;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
@@ -44,7 +50,7 @@ public final class BatchNormEngine {
         // With spatial = 1 both layouts are the same [N, C] matrix; rows vectorise across channels.
         this.nchw = shape.layout() == Layout.NCHW && spatial > 1;
         this.epsilon = epsilon;
-        this.workers = new Workers(parallelism, executor);
+        this.workers = new Workers(shape.elements() < PARALLEL_MIN_ELEMENTS ? 1 : parallelism, executor);
         long units = nchw ? n : m;                       // what a chunk is made of: planes or rows
         long wanted = Math.ceilDiv(m, CHUNK_ELEMENTS);
         long chunkCount = Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
