@@ -23,7 +23,8 @@ import java.util.regex.Pattern;
  */
 public final class Problem {
 
-    private static final Pattern SHAPE = Pattern.compile("mb(\\d+)ic(\\d+)ih(\\d+)iw(\\d+)(?:_n\"([^\"]*)\")?");
+    private static final Pattern SHAPE = Pattern.compile(
+            "mb(\\d+)_?ic(\\d+)_?ih(\\d+)_?iw(\\d+)(?:_?n\"([^\"]*)\")?");
 
     private Problem() {
     }
@@ -65,6 +66,10 @@ public final class Problem {
             }
         } catch (IOException e) {
             throw new UncheckedIOException(e);
+        }
+        if (shapes.isEmpty()) {
+            throw new IllegalStateException("bnorm_shapes_resnet50.txt: expected lines like"
+                    + " mb50_ic64_ih56iw56_n\"name\", found none");
         }
         return shapes;
     }

@@ -20,11 +20,12 @@ import jdk.incubator.vector.VectorSpecies;
  *
  * <p>Reductions widen floats to double before they accumulate: {@code HALF} loads as many floats
  * as a {@code DOUBLES} vector has lanes. The {@link BatchNormKernels#VIRTUAL_LANES} = 32 double
- * lanes are two sets of 16 ({@code a}: lanes 0..15, {@code b}: 16..31), each set
- * {@code ACCUMULATORS} = 16 / lanes-per-vector registers per quantity; the
- * {@code ACCUMULATORS > 2} and {@code > 4} branches are constant-folded by C2, so at 512 bits the
- * loop body is four independent vectors per quantity. Fewer chains leave the loop bound by the
+ * lanes are 4 registers per quantity at 512 bits ({@code moments4}) and 8 at 256
+ * ({@code moments8}); C2 folds the width test. Fewer, longer chains leave the loop bound by the
  * latency of double adds (measured: 3.2 ms with one chain, 0.8 ms with four, for 6.4 M floats).
+ * Each variant is a small method on purpose: one large method with every width's registers
+ * exceeded C2's inlining budget, and helpers that take vectors, once not inlined, box them.
+ * Other widths (128 bits, for tests) keep the lanes in an array ({@code momentsAnyWidth}).
  */
 final class VectorKernels implements BatchNormKernels {
 
@@ -34,9 +35,6 @@ final class VectorKernels implements BatchNormKernels {
     static final VectorSpecies<Float> HALF = VectorShape.forBitSize(BITS / 2).withLanes(float.class);
     private static final int FL = FLOATS.length();
     private static final int DL = DOUBLES.length();
-    private static final int HALF_LANES = VIRTUAL_LANES / 2;
-    /** Double vectors per 16 lanes: 2 at 512 bits, 4 at 256, 8 at 128. */
-    private static final int ACCUMULATORS = HALF_LANES / DL;
     private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -98,148 +96,135 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
                              float shift, double[] out) {
+        double[] lanes = new double[2 * VIRTUAL_LANES];
+        double[] tail = new double[2];
+        if (DL == 8) {
+            moments4(x, first, stride, planes, spatial, shift, lanes, tail);
+        } else if (DL == 4) {
+            moments8(x, first, stride, planes, spatial, shift, lanes, tail);
+        } else {
+            momentsAnyWidth(x, first, stride, planes, spatial, shift, lanes, tail);
+        }
+        out[0] = LaneTree.combine(lanes, 0, tail[0]);
+        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, tail[1]);
+    }
+
+    private static void moments4(MemorySegment x, long first, long stride, int planes, long spatial,
+                              double shift, double[] lanes, double[] tail) {
         DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector sa0 = z, sa1 = z, sa2 = z, sa3 = z, sa4 = z, sa5 = z, sa6 = z, sa7 = z, sb0 = z, sb1 = z, sb2 = z, sb3 = z, sb4 = z, sb5 = z, sb6 = z, sb7 = z;
-        DoubleVector qa0 = z, qa1 = z, qa2 = z, qa3 = z, qa4 = z, qa5 = z, qa6 = z, qa7 = z, qb0 = z, qb1 = z, qb2 = z, qb3 = z, qb4 = z, qb5 = z, qb6 = z, qb7 = z;
+        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        double kd = shift, t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector da0 = widen(x, o + 0L).sub(k);
-                sa0 = sa0.add(da0);
-                qa0 = da0.fma(da0, qa0);
-                DoubleVector db0 = widen(x, o + 64L).sub(k);
-                sb0 = sb0.add(db0);
-                qb0 = db0.fma(db0, qb0);
-                DoubleVector da1 = widen(x, o + 4L * DL).sub(k);
-                sa1 = sa1.add(da1);
-                qa1 = da1.fma(da1, qa1);
-                DoubleVector db1 = widen(x, o + 64L + 4L * DL).sub(k);
-                sb1 = sb1.add(db1);
-                qb1 = db1.fma(db1, qb1);
-                if (ACCUMULATORS > 2) {
-                    DoubleVector da2 = widen(x, o + 8L * DL).sub(k);
-                    sa2 = sa2.add(da2);
-                    qa2 = da2.fma(da2, qa2);
-                    DoubleVector db2 = widen(x, o + 64L + 8L * DL).sub(k);
-                    sb2 = sb2.add(db2);
-                    qb2 = db2.fma(db2, qb2);
-                }
-                if (ACCUMULATORS > 2) {
-                    DoubleVector da3 = widen(x, o + 12L * DL).sub(k);
-                    sa3 = sa3.add(da3);
-                    qa3 = da3.fma(da3, qa3);
-                    DoubleVector db3 = widen(x, o + 64L + 12L * DL).sub(k);
-                    sb3 = sb3.add(db3);
-                    qb3 = db3.fma(db3, qb3);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da4 = widen(x, o + 16L * DL).sub(k);
-                    sa4 = sa4.add(da4);
-                    qa4 = da4.fma(da4, qa4);
-                    DoubleVector db4 = widen(x, o + 64L + 16L * DL).sub(k);
-                    sb4 = sb4.add(db4);
-                    qb4 = db4.fma(db4, qb4);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da5 = widen(x, o + 20L * DL).sub(k);
-                    sa5 = sa5.add(da5);
-                    qa5 = da5.fma(da5, qa5);
-                    DoubleVector db5 = widen(x, o + 64L + 20L * DL).sub(k);
-                    sb5 = sb5.add(db5);
-                    qb5 = db5.fma(db5, qb5);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da6 = widen(x, o + 24L * DL).sub(k);
-                    sa6 = sa6.add(da6);
-                    qa6 = da6.fma(da6, qa6);
-                    DoubleVector db6 = widen(x, o + 64L + 24L * DL).sub(k);
-                    sb6 = sb6.add(db6);
-                    qb6 = db6.fma(db6, qb6);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da7 = widen(x, o + 28L * DL).sub(k);
-                    sa7 = sa7.add(da7);
-                    qa7 = da7.fma(da7, qa7);
-                    DoubleVector db7 = widen(x, o + 64L + 28L * DL).sub(k);
-                    sb7 = sb7.add(db7);
-                    qb7 = db7.fma(db7, qb7);
-                }
+                DoubleVector d0 = widen(x, o).sub(k);
+                s0 = s0.add(d0);
+                q0 = d0.fma(d0, q0);
+                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                s1 = s1.add(d1);
+                q1 = d1.fma(d1, q1);
+                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                s2 = s2.add(d2);
+                q2 = d2.fma(d2, q2);
+                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                s3 = s3.add(d3);
+                q3 = d3.fma(d3, q3);
             }
-            if (end < base + halfBytes) {       // a half row: lanes 0..15 only
+            if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector da0 = widen(x, o + 0L).sub(k);
-                sa0 = sa0.add(da0);
-                qa0 = da0.fma(da0, qa0);
-                DoubleVector da1 = widen(x, o + 4L * DL).sub(k);
-                sa1 = sa1.add(da1);
-                qa1 = da1.fma(da1, qa1);
-                if (ACCUMULATORS > 2) {
-                    DoubleVector da2 = widen(x, o + 8L * DL).sub(k);
-                    sa2 = sa2.add(da2);
-                    qa2 = da2.fma(da2, qa2);
-                }
-                if (ACCUMULATORS > 2) {
-                    DoubleVector da3 = widen(x, o + 12L * DL).sub(k);
-                    sa3 = sa3.add(da3);
-                    qa3 = da3.fma(da3, qa3);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da4 = widen(x, o + 16L * DL).sub(k);
-                    sa4 = sa4.add(da4);
-                    qa4 = da4.fma(da4, qa4);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da5 = widen(x, o + 20L * DL).sub(k);
-                    sa5 = sa5.add(da5);
-                    qa5 = da5.fma(da5, qa5);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da6 = widen(x, o + 24L * DL).sub(k);
-                    sa6 = sa6.add(da6);
-                    qa6 = da6.fma(da6, qa6);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector da7 = widen(x, o + 28L * DL).sub(k);
-                    sa7 = sa7.add(da7);
-                    qa7 = da7.fma(da7, qa7);
-                }
+                DoubleVector d0 = widen(x, o).sub(k);
+                s0 = s0.add(d0);
+                q0 = d0.fma(d0, q0);
+                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                s1 = s1.add(d1);
+                q1 = d1.fma(d1, q1);
             }
-            for (long o = base + halfBytes, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
-                double d = (double) x.get(F32, o) - kd;
-                t1 += d;
-                t2 = Math.fma(d, d, t2);
-            }
+            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
         }
-        double[] lanes = new double[2 * VIRTUAL_LANES];
-        spill(lanes, 0, sa0, sa1, sa2, sa3, sa4, sa5, sa6, sa7);
-        spill(lanes, HALF_LANES, sb0, sb1, sb2, sb3, sb4, sb5, sb6, sb7);
-        spill(lanes, VIRTUAL_LANES, qa0, qa1, qa2, qa3, qa4, qa5, qa6, qa7);
-        spill(lanes, VIRTUAL_LANES + HALF_LANES, qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7);
-        out[0] = LaneTree.combine(lanes, 0, t1);
-        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
+        s0.intoArray(lanes, 0 * DL);
+        s1.intoArray(lanes, 1 * DL);
+        s2.intoArray(lanes, 2 * DL);
+        s3.intoArray(lanes, 3 * DL);
+        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
+        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
+        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
+        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
     }
 
-    /** Writes 16 lanes' accumulators to lanes[from, from + 16) in virtual-lane order. */
-    private static void spill(double[] lanes, int from, DoubleVector v0, DoubleVector v1,
-                              DoubleVector v2, DoubleVector v3, DoubleVector v4, DoubleVector v5,
-                              DoubleVector v6, DoubleVector v7) {
-        v0.intoArray(lanes, from);
-        v1.intoArray(lanes, from + DL);
-        if (ACCUMULATORS > 2) {
-            v2.intoArray(lanes, from + 2 * DL);
-            v3.intoArray(lanes, from + 3 * DL);
+    private static void moments8(MemorySegment x, long first, long stride, int planes, long spatial,
+                              double shift, double[] lanes, double[] tail) {
+        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + rowsBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
+                DoubleVector d0 = widen(x, o).sub(k);
+                s0 = s0.add(d0);
+                q0 = d0.fma(d0, q0);
+                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                s1 = s1.add(d1);
+                q1 = d1.fma(d1, q1);
+                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                s2 = s2.add(d2);
+                q2 = d2.fma(d2, q2);
+                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                s3 = s3.add(d3);
+                q3 = d3.fma(d3, q3);
+                DoubleVector d4 = widen(x, o + 16L * DL).sub(k);
+                s4 = s4.add(d4);
+                q4 = d4.fma(d4, q4);
+                DoubleVector d5 = widen(x, o + 20L * DL).sub(k);
+                s5 = s5.add(d5);
+                q5 = d5.fma(d5, q5);
+                DoubleVector d6 = widen(x, o + 24L * DL).sub(k);
+                s6 = s6.add(d6);
+                q6 = d6.fma(d6, q6);
+                DoubleVector d7 = widen(x, o + 28L * DL).sub(k);
+                s7 = s7.add(d7);
+                q7 = d7.fma(d7, q7);
+            }
+            if (end < base + halfBytes) {        // a half row: lanes 0..15
+                long o = end;
+                DoubleVector d0 = widen(x, o).sub(k);
+                s0 = s0.add(d0);
+                q0 = d0.fma(d0, q0);
+                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                s1 = s1.add(d1);
+                q1 = d1.fma(d1, q1);
+                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                s2 = s2.add(d2);
+                q2 = d2.fma(d2, q2);
+                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                s3 = s3.add(d3);
+                q3 = d3.fma(d3, q3);
+            }
+            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
         }
-        if (ACCUMULATORS > 4) {
-            v4.intoArray(lanes, from + 4 * DL);
-            v5.intoArray(lanes, from + 5 * DL);
-            v6.intoArray(lanes, from + 6 * DL);
-            v7.intoArray(lanes, from + 7 * DL);
-        }
+        s0.intoArray(lanes, 0 * DL);
+        s1.intoArray(lanes, 1 * DL);
+        s2.intoArray(lanes, 2 * DL);
+        s3.intoArray(lanes, 3 * DL);
+        s4.intoArray(lanes, 4 * DL);
+        s5.intoArray(lanes, 5 * DL);
+        s6.intoArray(lanes, 6 * DL);
+        s7.intoArray(lanes, 7 * DL);
+        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
+        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
+        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
+        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
+        q4.intoArray(lanes, VIRTUAL_LANES + 4 * DL);
+        q5.intoArray(lanes, VIRTUAL_LANES + 5 * DL);
+        q6.intoArray(lanes, VIRTUAL_LANES + 6 * DL);
+        q7.intoArray(lanes, VIRTUAL_LANES + 7 * DL);
     }
 
     @Override
@@ -264,131 +249,198 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
                                   int planes, long spatial, float mean, double[] out) {
+        double[] lanes = new double[2 * VIRTUAL_LANES];
+        double[] tail = new double[2];
+        if (DL == 8) {
+            gradientSums4(x, dy, first, stride, planes, spatial, mean, lanes, tail);
+        } else if (DL == 4) {
+            gradientSums8(x, dy, first, stride, planes, spatial, mean, lanes, tail);
+        } else {
+            gradientSumsAnyWidth(x, dy, first, stride, planes, spatial, mean, lanes, tail);
+        }
+        out[0] = LaneTree.combine(lanes, 0, tail[0]);
+        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, tail[1]);
+    }
+
+    private static void gradientSums4(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
+                              long spatial, double mean, double[] lanes, double[] tail) {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector sa0 = z, sa1 = z, sa2 = z, sa3 = z, sa4 = z, sa5 = z, sa6 = z, sa7 = z, sb0 = z, sb1 = z, sb2 = z, sb3 = z, sb4 = z, sb5 = z, sb6 = z, sb7 = z;
-        DoubleVector qa0 = z, qa1 = z, qa2 = z, qa3 = z, qa4 = z, qa5 = z, qa6 = z, qa7 = z, qb0 = z, qb1 = z, qb2 = z, qb3 = z, qb4 = z, qb5 = z, qb6 = z, qb7 = z;
+        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        double md = mean, t1 = 0, t2 = 0;
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector ga0 = widen(dy, o + 0L);
-                sa0 = sa0.add(ga0);
-                qa0 = widen(x, o + 0L).sub(m).fma(ga0, qa0);
-                DoubleVector gb0 = widen(dy, o + 64L);
-                sb0 = sb0.add(gb0);
-                qb0 = widen(x, o + 64L).sub(m).fma(gb0, qb0);
-                DoubleVector ga1 = widen(dy, o + 4L * DL);
-                sa1 = sa1.add(ga1);
-                qa1 = widen(x, o + 4L * DL).sub(m).fma(ga1, qa1);
-                DoubleVector gb1 = widen(dy, o + 64L + 4L * DL);
-                sb1 = sb1.add(gb1);
-                qb1 = widen(x, o + 64L + 4L * DL).sub(m).fma(gb1, qb1);
-                if (ACCUMULATORS > 2) {
-                    DoubleVector ga2 = widen(dy, o + 8L * DL);
-                    sa2 = sa2.add(ga2);
-                    qa2 = widen(x, o + 8L * DL).sub(m).fma(ga2, qa2);
-                    DoubleVector gb2 = widen(dy, o + 64L + 8L * DL);
-                    sb2 = sb2.add(gb2);
-                    qb2 = widen(x, o + 64L + 8L * DL).sub(m).fma(gb2, qb2);
-                }
-                if (ACCUMULATORS > 2) {
-                    DoubleVector ga3 = widen(dy, o + 12L * DL);
-                    sa3 = sa3.add(ga3);
-                    qa3 = widen(x, o + 12L * DL).sub(m).fma(ga3, qa3);
-                    DoubleVector gb3 = widen(dy, o + 64L + 12L * DL);
-                    sb3 = sb3.add(gb3);
-                    qb3 = widen(x, o + 64L + 12L * DL).sub(m).fma(gb3, qb3);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga4 = widen(dy, o + 16L * DL);
-                    sa4 = sa4.add(ga4);
-                    qa4 = widen(x, o + 16L * DL).sub(m).fma(ga4, qa4);
-                    DoubleVector gb4 = widen(dy, o + 64L + 16L * DL);
-                    sb4 = sb4.add(gb4);
-                    qb4 = widen(x, o + 64L + 16L * DL).sub(m).fma(gb4, qb4);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga5 = widen(dy, o + 20L * DL);
-                    sa5 = sa5.add(ga5);
-                    qa5 = widen(x, o + 20L * DL).sub(m).fma(ga5, qa5);
-                    DoubleVector gb5 = widen(dy, o + 64L + 20L * DL);
-                    sb5 = sb5.add(gb5);
-                    qb5 = widen(x, o + 64L + 20L * DL).sub(m).fma(gb5, qb5);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga6 = widen(dy, o + 24L * DL);
-                    sa6 = sa6.add(ga6);
-                    qa6 = widen(x, o + 24L * DL).sub(m).fma(ga6, qa6);
-                    DoubleVector gb6 = widen(dy, o + 64L + 24L * DL);
-                    sb6 = sb6.add(gb6);
-                    qb6 = widen(x, o + 64L + 24L * DL).sub(m).fma(gb6, qb6);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga7 = widen(dy, o + 28L * DL);
-                    sa7 = sa7.add(ga7);
-                    qa7 = widen(x, o + 28L * DL).sub(m).fma(ga7, qa7);
-                    DoubleVector gb7 = widen(dy, o + 64L + 28L * DL);
-                    sb7 = sb7.add(gb7);
-                    qb7 = widen(x, o + 64L + 28L * DL).sub(m).fma(gb7, qb7);
-                }
+                DoubleVector g0 = widen(dy, o);
+                s0 = s0.add(g0);
+                q0 = widen(x, o).sub(m).fma(g0, q0);
+                DoubleVector g1 = widen(dy, o + 4L * DL);
+                s1 = s1.add(g1);
+                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                DoubleVector g2 = widen(dy, o + 8L * DL);
+                s2 = s2.add(g2);
+                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
+                DoubleVector g3 = widen(dy, o + 12L * DL);
+                s3 = s3.add(g3);
+                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
             }
-            if (end < base + halfBytes) {       // a half row: lanes 0..15 only
+            if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector ga0 = widen(dy, o + 0L);
-                sa0 = sa0.add(ga0);
-                qa0 = widen(x, o + 0L).sub(m).fma(ga0, qa0);
-                DoubleVector ga1 = widen(dy, o + 4L * DL);
-                sa1 = sa1.add(ga1);
-                qa1 = widen(x, o + 4L * DL).sub(m).fma(ga1, qa1);
-                if (ACCUMULATORS > 2) {
-                    DoubleVector ga2 = widen(dy, o + 8L * DL);
-                    sa2 = sa2.add(ga2);
-                    qa2 = widen(x, o + 8L * DL).sub(m).fma(ga2, qa2);
-                }
-                if (ACCUMULATORS > 2) {
-                    DoubleVector ga3 = widen(dy, o + 12L * DL);
-                    sa3 = sa3.add(ga3);
-                    qa3 = widen(x, o + 12L * DL).sub(m).fma(ga3, qa3);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga4 = widen(dy, o + 16L * DL);
-                    sa4 = sa4.add(ga4);
-                    qa4 = widen(x, o + 16L * DL).sub(m).fma(ga4, qa4);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga5 = widen(dy, o + 20L * DL);
-                    sa5 = sa5.add(ga5);
-                    qa5 = widen(x, o + 20L * DL).sub(m).fma(ga5, qa5);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga6 = widen(dy, o + 24L * DL);
-                    sa6 = sa6.add(ga6);
-                    qa6 = widen(x, o + 24L * DL).sub(m).fma(ga6, qa6);
-                }
-                if (ACCUMULATORS > 4) {
-                    DoubleVector ga7 = widen(dy, o + 28L * DL);
-                    sa7 = sa7.add(ga7);
-                    qa7 = widen(x, o + 28L * DL).sub(m).fma(ga7, qa7);
-                }
+                DoubleVector g0 = widen(dy, o);
+                s0 = s0.add(g0);
+                q0 = widen(x, o).sub(m).fma(g0, q0);
+                DoubleVector g1 = widen(dy, o + 4L * DL);
+                s1 = s1.add(g1);
+                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
             }
-            for (long o = base + halfBytes, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
-                double g = dy.get(F32, o);
-                double d = (double) x.get(F32, o) - md;
-                t1 += g;
-                t2 = Math.fma(d, g, t2);
-            }
+            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
         }
-        double[] lanes = new double[2 * VIRTUAL_LANES];
-        spill(lanes, 0, sa0, sa1, sa2, sa3, sa4, sa5, sa6, sa7);
-        spill(lanes, HALF_LANES, sb0, sb1, sb2, sb3, sb4, sb5, sb6, sb7);
-        spill(lanes, VIRTUAL_LANES, qa0, qa1, qa2, qa3, qa4, qa5, qa6, qa7);
-        spill(lanes, VIRTUAL_LANES + HALF_LANES, qb0, qb1, qb2, qb3, qb4, qb5, qb6, qb7);
-        out[0] = LaneTree.combine(lanes, 0, t1);
-        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, t2);
+        s0.intoArray(lanes, 0 * DL);
+        s1.intoArray(lanes, 1 * DL);
+        s2.intoArray(lanes, 2 * DL);
+        s3.intoArray(lanes, 3 * DL);
+        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
+        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
+        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
+        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
+    }
+
+    private static void gradientSums8(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
+                              long spatial, double mean, double[] lanes, double[] tail) {
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            long end = base + rowsBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
+                DoubleVector g0 = widen(dy, o);
+                s0 = s0.add(g0);
+                q0 = widen(x, o).sub(m).fma(g0, q0);
+                DoubleVector g1 = widen(dy, o + 4L * DL);
+                s1 = s1.add(g1);
+                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                DoubleVector g2 = widen(dy, o + 8L * DL);
+                s2 = s2.add(g2);
+                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
+                DoubleVector g3 = widen(dy, o + 12L * DL);
+                s3 = s3.add(g3);
+                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+                DoubleVector g4 = widen(dy, o + 16L * DL);
+                s4 = s4.add(g4);
+                q4 = widen(x, o + 16L * DL).sub(m).fma(g4, q4);
+                DoubleVector g5 = widen(dy, o + 20L * DL);
+                s5 = s5.add(g5);
+                q5 = widen(x, o + 20L * DL).sub(m).fma(g5, q5);
+                DoubleVector g6 = widen(dy, o + 24L * DL);
+                s6 = s6.add(g6);
+                q6 = widen(x, o + 24L * DL).sub(m).fma(g6, q6);
+                DoubleVector g7 = widen(dy, o + 28L * DL);
+                s7 = s7.add(g7);
+                q7 = widen(x, o + 28L * DL).sub(m).fma(g7, q7);
+            }
+            if (end < base + halfBytes) {        // a half row: lanes 0..15
+                long o = end;
+                DoubleVector g0 = widen(dy, o);
+                s0 = s0.add(g0);
+                q0 = widen(x, o).sub(m).fma(g0, q0);
+                DoubleVector g1 = widen(dy, o + 4L * DL);
+                s1 = s1.add(g1);
+                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                DoubleVector g2 = widen(dy, o + 8L * DL);
+                s2 = s2.add(g2);
+                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
+                DoubleVector g3 = widen(dy, o + 12L * DL);
+                s3 = s3.add(g3);
+                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+            }
+            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
+        }
+        s0.intoArray(lanes, 0 * DL);
+        s1.intoArray(lanes, 1 * DL);
+        s2.intoArray(lanes, 2 * DL);
+        s3.intoArray(lanes, 3 * DL);
+        s4.intoArray(lanes, 4 * DL);
+        s5.intoArray(lanes, 5 * DL);
+        s6.intoArray(lanes, 6 * DL);
+        s7.intoArray(lanes, 7 * DL);
+        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
+        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
+        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
+        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
+        q4.intoArray(lanes, VIRTUAL_LANES + 4 * DL);
+        q5.intoArray(lanes, VIRTUAL_LANES + 5 * DL);
+        q6.intoArray(lanes, VIRTUAL_LANES + 6 * DL);
+        q7.intoArray(lanes, VIRTUAL_LANES + 7 * DL);
+    }
+
+    /** Any width (128 bits in tests): the 32 lanes live in {@code lanes}, updated row by row. */
+    private static void momentsAnyWidth(MemorySegment x, long first, long stride, int planes,
+                                        long spatial, double shift, double[] lanes, double[] tail) {
+        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            for (long o = base; o < base + halfBytes; o += 4L * DL) {
+                int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
+                DoubleVector d = widen(x, o).sub(k);
+                DoubleVector.fromArray(DOUBLES, lanes, lane).add(d).intoArray(lanes, lane);
+                d.fma(d, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
+                        .intoArray(lanes, VIRTUAL_LANES + lane);
+            }
+            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
+        }
+    }
+
+    /** Any width: as {@link #momentsAnyWidth}, for the gradient sums. */
+    private static void gradientSumsAnyWidth(MemorySegment x, MemorySegment dy, long first,
+                                             long stride, int planes, long spatial, double mean,
+                                             double[] lanes, double[] tail) {
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        for (int p = 0; p < planes; p++) {
+            long base = first + p * stride;
+            for (long o = base; o < base + halfBytes; o += 4L * DL) {
+                int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
+                DoubleVector g = widen(dy, o);
+                DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
+                widen(x, o).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
+                        .intoArray(lanes, VIRTUAL_LANES + lane);
+            }
+            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
+        }
+    }
+
+    /** The plane's tail (fewer than 16 values), in order, into tail[0] and tail[1]. */
+    private static void momentsTail(MemorySegment x, long from, long to, double shift, double[] tail) {
+        double t1 = tail[0], t2 = tail[1];
+        for (long o = from; o < to; o += 4) {
+            double d = (double) x.get(F32, o) - shift;
+            t1 += d;
+            t2 = Math.fma(d, d, t2);
+        }
+        tail[0] = t1;
+        tail[1] = t2;
+    }
+
+    private static void gradientTail(MemorySegment x, MemorySegment dy, long from, long to,
+                                     double mean, double[] tail) {
+        double t1 = tail[0], t2 = tail[1];
+        for (long o = from; o < to; o += 4) {
+            double g = dy.get(F32, o);
+            double d = (double) x.get(F32, o) - mean;
+            t1 += g;
+            t2 = Math.fma(d, g, t2);
+        }
+        tail[0] = t1;
+        tail[1] = t2;
     }
 
     @Override
