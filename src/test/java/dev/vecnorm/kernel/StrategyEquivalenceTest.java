@@ -1,0 +1,73 @@
+package dev.vecnorm.kernel;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+
+import dev.vecnorm.TensorShape;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The NCHW engine has two strategies, chosen by size (fused per channel, or a statistics pass and
+ * a transform pass in memory order), and a chunked variant of each for few channels and many
+ * threads. All must give the same bits; the fused one is only chosen for tensors beyond 32 MiB,
+ * so this test forces each on small shapes.
+ */
+class StrategyEquivalenceTest {
+
+    private static final ExecutorService POOL = Executors.newFixedThreadPool(3);
+
+    @AfterAll
+    static void shutdown() {
+        POOL.shutdownNow();
+    }
+
+    @ParameterizedTest
+    @CsvSource({"3, 5, 49", "4, 3, 600", "2, 7, 1000", "6, 2, 12544", "5, 33, 196"})
+    void everyStrategyGivesTheSameBits(int n, int c, long spatial) {
+        TensorShape shape = new TensorShape(n, c, spatial, dev.vecnorm.Layout.NCHW);
+        long e = shape.elements();
+        float[][] results = null;
+        for (Boolean fused : new Boolean[] {null, true, false}) {
+            for (int threads : new int[] {1, 4}) {
+                BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
+                        threads, POOL, fused);
+                float[][] r = run(engine, shape, e);
+                if (results == null) {
+                    results = r;
+                } else {
+                    for (int i = 0; i < r.length; i++) {
+                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " fused=" + fused
+                                + " threads=" + threads + " " + shape);
+                    }
+                }
+            }
+        }
+    }
+
+    private static float[][] run(BatchNormEngine engine, TensorShape shape, long e) {
+        int c = shape.channels();
+        try (Arena arena = Arena.ofShared()) {
+            SplittableRandom r = new SplittableRandom(7);
+            MemorySegment x = arena.allocate(4 * e), dy = arena.allocate(4 * e);
+            for (long i = 0; i < e; i++) {
+                x.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (3 + r.nextDouble(-1, 1)));
+                dy.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) r.nextDouble(-1, 1));
+            }
+            MemorySegment y = arena.allocate(4 * e), dx = arena.allocate(4 * e);
+            MemorySegment mean = arena.allocate(4L * c), var = arena.allocate(4L * c);
+            MemorySegment dg = arena.allocate(4L * c), db = arena.allocate(4L * c);
+            engine.forwardTraining(x, null, null, y, mean, var);
+            engine.backward(x, dy, null, mean, var, dx, dg, db, false);
+            ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
+            return new float[][] {y.toArray(f), mean.toArray(f), var.toArray(f), dx.toArray(f),
+                dg.toArray(f), db.toArray(f)};
+        }
+    }
+}
