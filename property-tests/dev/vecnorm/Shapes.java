@@ -5,13 +5,13 @@ import net.jqwik.api.Arbitrary;
 import net.jqwik.api.Combinators;
 
 /**
- * Generators shared by the properties. Sizes are capped (about 30 000 floats a tensor) so that
+ * Generators shared by the properties. Sizes are capped (about 60 000 floats a tensor) so that
  * the three kernel runs of {@code mvn test} stay within minutes; {@code -Dvecnorm.tries=N} gives a
  * deeper run.
  */
 final class Shapes {
 
-    static final long MAX_ELEMENTS = 30_000;
+    static final long MAX_ELEMENTS = 60_000;
 
     private Shapes() {
     }

@@ -11,10 +11,12 @@ import java.util.concurrent.ExecutorService;
  * partial results in chunk order, and hands element-wise work to {@link Workers}. Arguments are
  * validated by {@code BatchNorm} before any method here runs.
  *
- * <p><b>Determinism.</b> The chunks depend only on the shape (at most {@link #MAX_CHUNKS} per
- * channel, about {@link #CHUNK_ELEMENTS} values or more each), never on the thread count, and
- * partial results are merged in chunk order. With kernels that agree bit for bit (see
- * {@link BatchNormKernels}), every output is therefore the same for every parallelism.
+ * <p><b>Determinism.</b> The chunks depend only on the shape, never on the thread count: an NCHW
+ * plane of {@link #PLANE_CHUNK_MIN} values or more is a chunk of its own; otherwise a channel's
+ * reduction is cut into at most {@link #MAX_CHUNKS} chunks of about {@link #CHUNK_ELEMENTS}
+ * values or more. Partial results are merged in chunk order. With kernels that agree bit for bit
+ * (see {@link BatchNormKernels}), every output is therefore the same for every parallelism and
+ * for both NCHW strategies (fused or two passes).
  */
 public final class BatchNormEngine {
 
