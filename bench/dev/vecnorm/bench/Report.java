@@ -43,7 +43,7 @@ public final class Report {
 
     record Settings(List<String> shapes, List<String> threads, List<String> kernels,
                     List<String> layouts, int forks, int warmups, int iterations, long millis,
-                    Path out) {
+                    Path out, boolean cost) {
     }
 
     public static void main(String[] args) throws RunnerException, IOException {
@@ -65,6 +65,10 @@ public final class Report {
                     vectorKernels.isEmpty(), "scalar", s.out.resolve("jmh-result-scalar.json")));
         }
         String table = table(results, s);
+        if (s.cost) {
+            table += cost(run(s, "dev\\.vecnorm\\.bench\\.DeterminismCostBenchmark\\.", false, null,
+                    s.out.resolve("jmh-result-cost.json")), s);
+        }
         System.out.println();
         System.out.println(table);
         Path md = s.out.resolve("report.md");
@@ -81,7 +85,6 @@ public final class Report {
                 .include(kernels)
                 .param("shape", s.shapes.toArray(String[]::new))
                 .param("threads", s.threads.toArray(String[]::new))
-                .param("kernels", which)
                 .param("layout", s.layouts.toArray(String[]::new))
                 .forks(s.forks)
                 .warmupIterations(s.warmups)
@@ -92,6 +95,9 @@ public final class Report {
                         "-Xms1g", "-XX:+UseParallelGC")
                 .resultFormat(ResultFormatType.JSON)
                 .result(json.toString());
+        if (which != null) {
+            options.param("kernels", which);
+        }
         if (ceilings) {
             options.include("dev\\.vecnorm\\.bench\\.CeilingBenchmark\\.");
         }
@@ -100,7 +106,8 @@ public final class Report {
 
     static Settings settings(String[] args) {
         List<String> shapes = null;
-        List<String> threads = List.of("1");
+        List<String> threads = null;
+        Boolean cost = null;
         List<String> kernels = List.of("vector", "scalar");
         List<String> layouts = List.of("NCHW", "NHWC");
         String mode = "quick";
@@ -119,21 +126,28 @@ public final class Report {
                 kernels = split(a);
             } else if (a.startsWith("--layouts=")) {
                 layouts = split(a);
+            } else if (a.equals("--cost")) {
+                cost = true;
             } else if (a.startsWith("--out=")) {
                 out = Path.of(a.substring("--out=".length()));
             } else {
                 throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --shapes=,"
-                        + " --threads=, --kernels=, --layouts= or --out=, got '" + a + "'");
+                        + " --threads=, --kernels=, --layouts=, --cost or --out=, got '" + a + "'");
             }
         }
         if (shapes == null) {
             shapes = mode.equals("smoke") ? List.of("mb2ic16ih8iw8")
                     : Problem.resnet50().stream().map(Problem.Named::descriptor).toList();
         }
+        boolean full = mode.equals("full");
+        if (threads == null) {
+            threads = full ? List.of("1", "2") : List.of("1");
+        }
+        boolean withCost = cost != null ? cost : full;
         return switch (mode) {
-            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out);
-            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out);
-            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 200, out);
+            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out, withCost);
+            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost);
+            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 200, out, withCost);
         };
     }
 
@@ -221,6 +235,23 @@ public final class Report {
         t.append(ceilings);
         if (s.threads.size() > 1) {
             t.append(scaling(byKey, s));
+        }
+        return t.toString();
+    }
+
+    /** Deterministic training forward against the float-lanes variant, per shape and layout. */
+    static String cost(Collection<RunResult> results, Settings s) {
+        Map<Key, Result<?>> byKey = byKey(results);
+        StringBuilder t = new StringBuilder("\nCost of determinism (training forward, 1 thread): vecnorm against"
+                + " the fastest variant without the bitwise guarantee (float lanes, reduceLanes):\n\n"
+                + "| shape | layout | deterministic ms | float lanes ms | cost |\n|---|---|---|---|---|\n");
+        for (String shape : s.shapes) {
+            for (String layout : s.layouts) {
+                double det = median(byKey.get(new Key("deterministic", shape, layout, null, null)));
+                double fast = median(byKey.get(new Key("floatLanes", shape, layout, null, null)));
+                t.append(String.format(Locale.ROOT, "| %s | %s | %.4g | %.4g | %+.0f %% |%n", shape, layout, det,
+                        fast, 100 * (det / fast - 1)));
+            }
         }
         return t.toString();
     }
