@@ -2,10 +2,8 @@ package dev.vecnorm;
 
 import dev.vecnorm.TestData.Distribution;
 import java.util.SplittableRandom;
-import net.jqwik.api.Arbitrary;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
-import net.jqwik.api.Provide;
 
 /**
  * Backward kernels against the reference's step-by-step backward, for the mean and variance that
@@ -28,16 +26,6 @@ import net.jqwik.api.Provide;
  */
 class BackwardProperties {
 
-    @Provide
-    Arbitrary<TensorShape> shapes() {
-        return Shapes.shapes();
-    }
-
-    @Provide
-    Arbitrary<Float> epsilons() {
-        return Shapes.epsilons();
-    }
-
     /** dy of mixed magnitudes: standard normal times 10^k, k uniform in [-3, 3] per value. */
     static float[] upstream(int count, long seed) {
         SplittableRandom r = new SplittableRandom(seed);
@@ -49,7 +37,7 @@ class BackwardProperties {
     }
 
     @Property
-    void backwardMatchesReference(@ForAll("shapes") TensorShape shape, @ForAll("epsilons") float eps,
+    void backwardMatchesReference(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll(supplier = Shapes.Epsilon.class) float eps,
                                   @ForAll long seed, @ForAll Distribution first,
                                   @ForAll boolean affine) {
         int channels = shape.channels();
@@ -119,8 +107,8 @@ class BackwardProperties {
      * sums (M w times the sum of magnitudes).
      */
     @Property
-    void dxSatisfiesTheTwoConstraints(@ForAll("shapes") TensorShape shape,
-                                      @ForAll("epsilons") float eps, @ForAll long seed,
+    void dxSatisfiesTheTwoConstraints(@ForAll(supplier = Shapes.Any.class) TensorShape shape,
+                                      @ForAll(supplier = Shapes.Epsilon.class) float eps, @ForAll long seed,
                                       @ForAll Distribution first) {
         int channels = shape.channels();
         long m = shape.perChannel();
@@ -176,8 +164,8 @@ class BackwardProperties {
 
     /** Frozen statistics: dx = gamma invstd dy, fl(fl(A) dy): 2u |A dy| (+ double error of A). */
     @Property
-    void frozenBackwardMatchesReference(@ForAll("shapes") TensorShape shape,
-                                        @ForAll("epsilons") float eps, @ForAll long seed,
+    void frozenBackwardMatchesReference(@ForAll(supplier = Shapes.Any.class) TensorShape shape,
+                                        @ForAll(supplier = Shapes.Epsilon.class) float eps, @ForAll long seed,
                                         @ForAll Distribution first) {
         int channels = shape.channels();
         float[] x = TestData.tensor(shape, seed, ForwardProperties.kindsFrom(first));
@@ -220,7 +208,7 @@ class BackwardProperties {
 
     /** dx written over dy gives the same bits as a separate dx. */
     @Property(tries = 30)
-    void inPlaceBackwardEqualsOutOfPlace(@ForAll("shapes") TensorShape shape, @ForAll long seed) {
+    void inPlaceBackwardEqualsOutOfPlace(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll long seed) {
         float[] x = TestData.tensor(shape, seed, Distribution.NORMAL);
         float[] dy = upstream(x.length, seed + 5);
         BatchNorm bn = BatchNorm.builder(shape).build();

@@ -3,23 +3,11 @@ package dev.vecnorm;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.vecnorm.TestData.Distribution;
-import net.jqwik.api.Arbitrary;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
-import net.jqwik.api.Provide;
 
 /** Forward kernels (whichever this JVM chose) against the double-precision reference. */
 class ForwardProperties {
-
-    @Provide
-    Arbitrary<TensorShape> shapes() {
-        return Shapes.shapes();
-    }
-
-    @Provide
-    Arbitrary<Float> epsilons() {
-        return Shapes.epsilons();
-    }
 
     /** Channel c draws from kinds[(c + first) % 6]: every tensor mixes all distributions. */
     static Distribution[] kindsFrom(Distribution first) {
@@ -32,7 +20,7 @@ class ForwardProperties {
     }
 
     @Property
-    void trainingMatchesReference(@ForAll("shapes") TensorShape shape, @ForAll("epsilons") float eps,
+    void trainingMatchesReference(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll(supplier = Shapes.Epsilon.class) float eps,
                                   @ForAll long seed, @ForAll Distribution first,
                                   @ForAll boolean affine) {
         float[] x = TestData.tensor(shape, seed, kindsFrom(first));
@@ -45,8 +33,8 @@ class ForwardProperties {
 
     /** A constant channel (1e7) has variance exactly 0, mean exactly 1e7 and output exactly beta. */
     @Property
-    void constantChannelGivesExactlyBeta(@ForAll("shapes") TensorShape shape,
-                                         @ForAll("epsilons") float eps, @ForAll long seed) {
+    void constantChannelGivesExactlyBeta(@ForAll(supplier = Shapes.Any.class) TensorShape shape,
+                                         @ForAll(supplier = Shapes.Epsilon.class) float eps, @ForAll long seed) {
         float[] x = TestData.tensor(shape, seed, Distribution.CONSTANT, Distribution.NORMAL);
         float[] beta = TestData.gaussian(shape.channels(), seed + 2, 1);
         float[] gamma = TestData.gaussian(shape.channels(), seed + 1, 1);
@@ -64,7 +52,7 @@ class ForwardProperties {
     }
 
     @Property
-    void inferenceMatchesReference(@ForAll("shapes") TensorShape shape, @ForAll("epsilons") float eps,
+    void inferenceMatchesReference(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll(supplier = Shapes.Epsilon.class) float eps,
                                    @ForAll long seed, @ForAll Distribution first,
                                    @ForAll boolean affine) {
         int channels = shape.channels();
@@ -105,7 +93,7 @@ class ForwardProperties {
      * Each layout is checked against the reference, which bounds the difference by the sum.
      */
     @Property
-    void layoutsAgree(@ForAll("shapes") TensorShape shape, @ForAll("epsilons") float eps,
+    void layoutsAgree(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll(supplier = Shapes.Epsilon.class) float eps,
                       @ForAll long seed, @ForAll Distribution first) {
         TensorShape nchw = shape.withLayout(Layout.NCHW);
         TensorShape nhwc = shape.withLayout(Layout.NHWC);
@@ -132,8 +120,8 @@ class ForwardProperties {
      * the kernels' outputs differ by at most the two error bounds.
      */
     @Property
-    void shiftingAChannelLeavesItsOutputUnchanged(@ForAll("shapes") TensorShape shape,
-                                                  @ForAll("epsilons") float eps, @ForAll long seed) {
+    void shiftingAChannelLeavesItsOutputUnchanged(@ForAll(supplier = Shapes.Any.class) TensorShape shape,
+                                                  @ForAll(supplier = Shapes.Epsilon.class) float eps, @ForAll long seed) {
         float[] x = TestData.gaussian(Math.toIntExact(shape.elements()), seed, 3);
         float[] shifted = new float[x.length];
         for (int i = 0; i < x.length; i++) {

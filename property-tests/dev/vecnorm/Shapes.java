@@ -3,6 +3,7 @@ package dev.vecnorm;
 import net.jqwik.api.Arbitraries;
 import net.jqwik.api.Arbitrary;
 import net.jqwik.api.Combinators;
+import net.jqwik.api.ArbitrarySupplier;
 
 /**
  * Generators shared by the properties. Sizes are capped (about 60 000 floats a tensor) so that
@@ -44,5 +45,21 @@ final class Shapes {
     /** Epsilon log-uniform in [1e-12, 1]. */
     static Arbitrary<Float> epsilons() {
         return Arbitraries.doubles().between(-12, 0).map(e -> (float) Math.pow(10, e));
+    }
+
+    /** {@code @ForAll(supplier = Shapes.Any.class)}: {@link #shapes()}. */
+    static final class Any implements ArbitrarySupplier<TensorShape> {
+        @Override
+        public Arbitrary<TensorShape> get() {
+            return shapes();
+        }
+    }
+
+    /** {@code @ForAll(supplier = Shapes.Epsilon.class)}: {@link #epsilons()}. */
+    static final class Epsilon implements ArbitrarySupplier<Float> {
+        @Override
+        public Arbitrary<Float> get() {
+            return epsilons();
+        }
     }
 }

@@ -102,10 +102,6 @@ public final class Problem {
 
     /** Bytes a kernel must move at least (the traffic model of the report). */
     public static long minimumTraffic(String benchmark, long elements) {
-        return switch (benchmark) {
-            case "backward", "vectorTriad" -> 12 * elements;
-            case "backwardFrozen" -> 8 * elements;
-            default -> 8 * elements;
-        };
+        return benchmark.equals("backward") || benchmark.equals("vectorTriad") ? 12 * elements : 8 * elements;
     }
 }

@@ -2,7 +2,6 @@ package dev.vecnorm.bench;
 
 import dev.vecnorm.BatchNorm;
 import dev.vecnorm.Layout;
-import dev.vecnorm.TensorShape;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -296,8 +295,4 @@ public final class Report {
         return Double.isNaN(fraction) ? "" : String.format(Locale.ROOT, "%.0f %%", 100 * fraction);
     }
 
-    /** For tests of the argument parser. */
-    static TensorShape shapeOf(String descriptor) {
-        return Problem.parse(descriptor, Layout.NCHW);
-    }
 }

@@ -1,7 +1,5 @@
 package dev.vecnorm.kernel;
 
-import java.util.Arrays;
-
 /**
  * Running per-channel count, mean and M2 (sum of squared deviations), in double, merged from
  * partial results with Chan, Golub and LeVeque's parallel formula:
@@ -28,13 +26,6 @@ public final class ChannelMoments {
         this.count = new long[channels];
     }
 
-    /** Forgets everything merged so far. */
-    public void clear() {
-        Arrays.fill(mean, 0);
-        Arrays.fill(m2, 0);
-        Arrays.fill(count, 0);
-    }
-
     /**
      * Merges one chunk of {@code n} values of channel {@code c}, given as shifted sums. The result
      * depends on the order of the merges: callers merge chunks in a fixed order.
@@ -53,11 +44,6 @@ public final class ChannelMoments {
         double delta = chunkMean - mean[c];
         mean[c] += delta * ((double) n / total);
         m2[c] += chunkM2 + delta * delta * ((double) before * n / total);
-    }
-
-    /** Values merged into channel {@code c} so far. */
-    public long count(int c) {
-        return count[c];
     }
 
     /** The mean of channel {@code c}. */
