@@ -41,6 +41,16 @@ public final class Problem {
         return layout == Layout.NCHW ? TensorShape.nchw(n, c, h, w) : TensorShape.nhwc(n, c, h, w);
     }
 
+    /** {N, C, H, W} of {@code mbNicCihHiwW}. */
+    public static long[] dims(String descriptor) {
+        Matcher m = SHAPE.matcher(descriptor.trim());
+        if (!m.matches()) {
+            throw new IllegalArgumentException("shape: expected mbNicCihHiwW, got '" + descriptor + "'");
+        }
+        return new long[] {Long.parseLong(m.group(1)), Long.parseLong(m.group(2)), Long.parseLong(m.group(3)),
+            Long.parseLong(m.group(4))};
+    }
+
     /** Layer names by descriptor, e.g. "resnet_50:bn_conv1". */
     public record Named(String descriptor, String name) {
     }

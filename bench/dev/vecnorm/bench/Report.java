@@ -42,7 +42,7 @@ public final class Report {
 
     record Settings(List<String> shapes, List<String> threads, List<String> kernels,
                     List<String> layouts, int forks, int warmups, int iterations, long millis,
-                    Path out, boolean cost) {
+                    Path out, boolean cost, boolean peers) {
     }
 
     public static void main(String[] args) throws RunnerException, IOException {
@@ -64,6 +64,10 @@ public final class Report {
                     vectorKernels.isEmpty(), "scalar", s.out.resolve("jmh-result-scalar.json")));
         }
         String table = table(results, s);
+        if (s.peers) {
+            table += peers(results, run(s, "dev\\.vecnorm\\.peers\\.", false, null,
+                    s.out.resolve("jmh-result-peers.json")), s);
+        }
         if (s.cost) {
             table += cost(run(s, "dev\\.vecnorm\\.bench\\.DeterminismCostBenchmark\\.", false, null,
                     s.out.resolve("jmh-result-cost.json")), s);
@@ -107,6 +111,7 @@ public final class Report {
         List<String> shapes = null;
         List<String> threads = null;
         Boolean cost = null;
+        boolean peers = false;
         List<String> kernels = List.of("vector", "scalar");
         List<String> layouts = List.of("NCHW", "NHWC");
         String mode = "quick";
@@ -125,13 +130,15 @@ public final class Report {
                 kernels = split(a);
             } else if (a.startsWith("--layouts=")) {
                 layouts = split(a);
+            } else if (a.equals("--peers")) {
+                peers = true;
             } else if (a.equals("--cost")) {
                 cost = true;
             } else if (a.startsWith("--out=")) {
                 out = Path.of(a.substring("--out=".length()));
             } else {
                 throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --shapes=,"
-                        + " --threads=, --kernels=, --layouts=, --cost or --out=, got '" + a + "'");
+                        + " --threads=, --kernels=, --layouts=, --cost, --peers or --out=, got '" + a + "'");
             }
         }
         if (shapes == null) {
@@ -144,9 +151,9 @@ public final class Report {
         }
         boolean withCost = cost != null ? cost : full;
         return switch (mode) {
-            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out, withCost);
-            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost);
-            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 200, out, withCost);
+            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out, withCost, peers);
+            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost, peers);
+            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 200, out, withCost, peers);
         };
     }
 
@@ -234,6 +241,52 @@ public final class Report {
         t.append(ceilings);
         if (s.threads.size() > 1) {
             t.append(scaling(byKey, s));
+        }
+        return t.toString();
+    }
+
+    static final String[] PEER_KERNELS = {"forwardTraining", "forwardInference", "backward"};
+
+    /**
+     * vecnorm (vector kernels, first thread count) against every peer layout measured, and the
+     * ratio to the fastest peer: peer ms / vecnorm ms, above 1 when vecnorm is faster.
+     */
+    static String peers(Collection<RunResult> ours, Collection<RunResult> theirs, Settings s) {
+        Map<Key, Result<?>> mine = byKey(ours);
+        Map<String, Double> peer = new LinkedHashMap<>();
+        java.util.Set<String> names = new java.util.TreeSet<>();
+        for (RunResult r : theirs) {
+            var p = r.getParams();
+            String bench = p.getBenchmark();
+            String kernel = bench.substring(bench.lastIndexOf('.') + 1);
+            String lib = bench.contains("OneDnn") ? "oneDNN " + p.getParam("format") : "ONNX Runtime nchw";
+            names.add(lib);
+            peer.put(p.getParam("shape") + "/" + kernel + "/" + lib, median(r.getPrimaryResult()));
+        }
+        String threads = s.threads.get(0);
+        StringBuilder t = new StringBuilder("\nAgainst the peers (" + threads + " thread, ms; ratio = fastest peer / vecnorm,"
+                + " above 1 means vecnorm is faster):\n\n| shape | kernel | vecnorm NCHW | vecnorm NHWC |");
+        names.forEach(n -> t.append(' ').append(n).append(" |"));
+        t.append(" fastest peer | ratio NCHW | ratio NHWC |\n|---|---|---|---|");
+        names.forEach(n -> t.append("---|"));
+        t.append("---|---|---|\n");
+        for (String shape : s.shapes) {
+            for (String kernel : PEER_KERNELS) {
+                double nchw = median(mine.get(new Key(kernel, shape, "NCHW", "vector", threads)));
+                double nhwc = median(mine.get(new Key(kernel, shape, "NHWC", "vector", threads)));
+                t.append(String.format(Locale.ROOT, "| %s | %s | %.4g | %.4g |", shape, kernel, nchw, nhwc));
+                double best = Double.NaN;
+                String bestName = "";
+                for (String n : names) {
+                    Double ms = peer.get(shape + "/" + kernel + "/" + n);
+                    t.append(ms == null ? " — |" : String.format(Locale.ROOT, " %.4g |", ms));
+                    if (ms != null && !(ms >= best)) {
+                        best = ms;
+                        bestName = n;
+                    }
+                }
+                t.append(String.format(Locale.ROOT, " %s | %.2fx | %.2fx |%n", bestName, best / nchw, best / nhwc));
+            }
         }
         return t.toString();
     }
