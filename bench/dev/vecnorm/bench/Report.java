@@ -259,7 +259,8 @@ public final class Report {
             var p = r.getParams();
             String bench = p.getBenchmark();
             String kernel = bench.substring(bench.lastIndexOf('.') + 1);
-            String lib = bench.contains("OneDnn") ? "oneDNN " + p.getParam("format") : "ONNX Runtime nchw";
+            String lib = bench.contains("OneDnn") ? "oneDNN " + p.getParam("format")
+                    : bench.contains("PyTorch") ? "PyTorch " + p.getParam("format") : "ONNX Runtime nchw";
             names.add(lib);
             peer.put(p.getParam("shape") + "/" + kernel + "/" + lib, median(r.getPrimaryResult()));
         }
