@@ -179,6 +179,14 @@ class ValidationTest {
     }
 
     @Test
+    void shapesWithMorePlanesThanTheEngineCountsAreRejectedAtBuild() {
+        TensorShape huge = new TensorShape(Integer.MAX_VALUE, 4, 600, Layout.NCHW);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> BatchNorm.builder(huge).build());
+        assertTrue(e.getMessage().startsWith("shape: expected batch * channels <= "), e.getMessage());
+    }
+
+    @Test
     void closedSegmentsAreRejectedBeforeAnyWrite() {
         Arena other = Arena.ofConfined();
         MemorySegment closed = other.allocate(4L * E);

@@ -63,6 +63,11 @@ public final class BatchNormEngine {
     /** Tests: {@code fusedOverride} forces the NCHW strategy (null: chosen by size). */
     BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon, int parallelism,
                     ExecutorService executor, Boolean fusedOverride) {
+        if ((long) shape.batch() * shape.channels() > Integer.MAX_VALUE / 2) {
+            // Planes and per-plane partial sums are counted and indexed with ints.
+            throw new IllegalArgumentException("shape: expected batch * channels <= "
+                    + Integer.MAX_VALUE / 2 + ", got " + shape.batch() + " * " + shape.channels());
+        }
         this.kernels = kernels;
         this.n = shape.batch();
         this.channels = shape.channels();
