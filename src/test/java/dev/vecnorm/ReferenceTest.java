@@ -39,31 +39,28 @@ class ReferenceTest {
         for (double v : g.dx()) {
             scale = Math.max(scale, Math.abs(v));
         }
+        java.util.function.DoubleSupplier loss = () -> loss(shape, x, w, gamma, beta, eps);
         for (int i = 0; i < e; i++) {
-            double saved = x[i];
-            x[i] = saved + h;
-            double up = loss(shape, x, w, gamma, beta, eps);
-            x[i] = saved - h;
-            double down = loss(shape, x, w, gamma, beta, eps);
-            x[i] = saved;
-            assertEquals((up - down) / (2 * h), g.dx()[i], 1e-7 * scale, "dx[" + i + "] " + shape);
+            assertEquals(centralDifference(x, i, h, loss), g.dx()[i], 1e-7 * scale, "dx[" + i + "] " + shape);
         }
         for (int c = 0; c < channels; c++) {
-            double saved = gamma[c];
-            gamma[c] = saved + h;
-            double up = loss(shape, x, w, gamma, beta, eps);
-            gamma[c] = saved - h;
-            double down = loss(shape, x, w, gamma, beta, eps);
-            gamma[c] = saved;
-            assertEquals((up - down) / (2 * h), g.dgamma()[c], 1e-7 * Math.max(1, Math.abs(g.dgamma()[c])), "dgamma");
-            saved = beta[c];
-            beta[c] = saved + h;
-            up = loss(shape, x, w, gamma, beta, eps);
-            beta[c] = saved - h;
-            down = loss(shape, x, w, gamma, beta, eps);
-            beta[c] = saved;
-            assertEquals((up - down) / (2 * h), g.dbeta()[c], 1e-7 * Math.max(1, Math.abs(g.dbeta()[c])), "dbeta");
+            assertEquals(centralDifference(gamma, c, h, loss), g.dgamma()[c],
+                    1e-7 * Math.max(1, Math.abs(g.dgamma()[c])), "dgamma");
+            assertEquals(centralDifference(beta, c, h, loss), g.dbeta()[c],
+                    1e-7 * Math.max(1, Math.abs(g.dbeta()[c])), "dbeta");
         }
+    }
+
+    /** (L(v + h e_i) - L(v - h e_i)) / 2h, leaving v as it was. */
+    private static double centralDifference(double[] v, int i, double h,
+                                            java.util.function.DoubleSupplier loss) {
+        double saved = v[i];
+        v[i] = saved + h;
+        double up = loss.getAsDouble();
+        v[i] = saved - h;
+        double down = loss.getAsDouble();
+        v[i] = saved;
+        return (up - down) / (2 * h);
     }
 
     private static double loss(TensorShape shape, double[] x, double[] w, double[] gamma,
