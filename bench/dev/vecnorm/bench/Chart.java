@@ -25,11 +25,17 @@ final class Chart {
     static void write(Map<Report.Key, Result<?>> byKey, Report.Settings s, Path svg) throws IOException {
         String threads = s.threads().get(0);
         List<String> shapes = s.shapes();
-        CategoryChart chart = new CategoryChartBuilder().width(Math.max(900, 160 * shapes.size())).height(560)
+        CategoryChart chart = new CategoryChartBuilder().width(Math.max(1100, 200 + 160 * shapes.size())).height(600)
                 .title("vecnorm, " + threads + " thread(s): achieved GB/s (minimum traffic) vs the copy ceilings")
                 .xAxisTitle("shape").yAxisTitle("GB/s").build();
-        chart.getStyler().setLegendPosition(Styler.LegendPosition.OutsideS);
-        chart.getStyler().setLegendLayout(Styler.LegendLayout.Horizontal);
+        chart.getStyler().setLegendPosition(Styler.LegendPosition.OutsideE);
+        chart.getStyler().setLegendLayout(Styler.LegendLayout.Vertical);
+        // The two ceilings in greys, the kernels in colours: NCHW warm, NHWC cool.
+        chart.getStyler().setSeriesColors(new Color[] {
+            new Color(0x40, 0x40, 0x40), new Color(0xA0, 0xA0, 0xA0),
+            new Color(0xD6, 0x27, 0x28), new Color(0xFF, 0x7F, 0x0E), new Color(0xE3, 0x77, 0xC2),
+            new Color(0x8C, 0x56, 0x4B), new Color(0x1F, 0x77, 0xB4), new Color(0x17, 0xBE, 0xCF),
+            new Color(0x2C, 0xA0, 0x2C), new Color(0x94, 0x67, 0xBD)});
         chart.getStyler().setXAxisLabelRotation(20);
         chart.getStyler().setChartBackgroundColor(Color.WHITE);
         chart.getStyler().setAvailableSpaceFill(0.9);
