@@ -100,6 +100,7 @@ public final class BatchNormEngine {
 
     // ------------------------------------------------------------------------- forward training
 
+    /** {@code BatchNorm.forwardTraining}, arguments already validated. */
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         float[] g = channelVector(gamma, 1f);
@@ -207,6 +208,10 @@ public final class BatchNormEngine {
 
     // ------------------------------------------------------------------------ forward inference
 
+    /**
+     * {@code BatchNorm.forwardInference}: y = fma(x - mean, gamma / sqrt(var + eps), beta), the
+     * scale computed in double and rounded once. Arguments already validated.
+     */
     public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                  MemorySegment mean, MemorySegment variance, MemorySegment y) {
         float[] g = channelVector(gamma, 1f);
@@ -240,8 +245,10 @@ public final class BatchNormEngine {
     // -------------------------------------------------------------------------------- backward
 
     /**
+     * {@code BatchNorm.backward} ({@code frozen} false) and {@code backwardWithFrozenStatistics}:
      * dx = gamma * invstd * (dy - dbeta / M - (x - mean) * invstd * dgamma / M), or with frozen
      * statistics dx = gamma * invstd * dy; dbeta = sum(dy), dgamma = invstd * sum((x - mean) dy).
+     * Arguments already validated.
      */
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
