@@ -25,6 +25,9 @@ import jdk.incubator.vector.VectorSpecies;
  * latency of double adds (measured: 3.2 ms with one chain, 0.8 ms with four, for 6.4 M floats).
  * Each variant is a small method on purpose: one large method with every width's registers
  * exceeded C2's inlining budget, and helpers that take vectors, once not inlined, box them.
+ * For the same reason the float-to-double widening is written out at every load instead of in a
+ * helper: in these register-heavy loops C2 refused to inline such a helper ("callee uses too much
+ * stack") in some positions, and one boxed load made the NHWC statistics 2-4x slower.
  * Other widths (128 bits, for tests) keep the lanes in an array ({@code momentsAnyWidth}).
  */
 final class VectorKernels implements BatchNormKernels {
@@ -37,6 +40,7 @@ final class VectorKernels implements BatchNormKernels {
     private static final int DL = DOUBLES.length();
     private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
+    private static final VectorOperators.Conversion<Float, Double> F2D = VectorOperators.F2D;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /** NHWC reductions update each channel's accumulators once per this many rows. */
     private static final int ROW_BLOCK = 4;
@@ -82,11 +86,6 @@ final class VectorKernels implements BatchNormKernels {
         return description;
     }
 
-    private static DoubleVector widen(MemorySegment s, long offset) {
-        return (DoubleVector) FloatVector.fromMemorySegment(HALF, s, offset, NATIVE)
-                .convertShape(VectorOperators.F2D, DOUBLES, 0);
-    }
-
     private static FloatVector load(MemorySegment s, long offset) {
         return FloatVector.fromMemorySegment(FLOATS, s, offset, NATIVE);
     }
@@ -121,25 +120,25 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector d0 = widen(x, o).sub(k);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
-                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
-                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s2 = s2.add(d2);
                 q2 = d2.fma(d2, q2);
-                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
             }
             if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector d0 = widen(x, o).sub(k);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
-                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
             }
@@ -167,43 +166,43 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector d0 = widen(x, o).sub(k);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
-                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
-                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s2 = s2.add(d2);
                 q2 = d2.fma(d2, q2);
-                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
-                DoubleVector d4 = widen(x, o + 16L * DL).sub(k);
+                DoubleVector d4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 16L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s4 = s4.add(d4);
                 q4 = d4.fma(d4, q4);
-                DoubleVector d5 = widen(x, o + 20L * DL).sub(k);
+                DoubleVector d5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 20L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s5 = s5.add(d5);
                 q5 = d5.fma(d5, q5);
-                DoubleVector d6 = widen(x, o + 24L * DL).sub(k);
+                DoubleVector d6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 24L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s6 = s6.add(d6);
                 q6 = d6.fma(d6, q6);
-                DoubleVector d7 = widen(x, o + 28L * DL).sub(k);
+                DoubleVector d7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s7 = s7.add(d7);
                 q7 = d7.fma(d7, q7);
             }
             if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector d0 = widen(x, o).sub(k);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
-                DoubleVector d1 = widen(x, o + 4L * DL).sub(k);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
-                DoubleVector d2 = widen(x, o + 8L * DL).sub(k);
+                DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s2 = s2.add(d2);
                 q2 = d2.fma(d2, q2);
-                DoubleVector d3 = widen(x, o + 12L * DL).sub(k);
+                DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
             }
@@ -274,27 +273,27 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector g0 = widen(dy, o);
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
-                q0 = widen(x, o).sub(m).fma(g0, q0);
-                DoubleVector g1 = widen(dy, o + 4L * DL);
+                q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
+                DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
-                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
-                DoubleVector g2 = widen(dy, o + 8L * DL);
+                q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s2 = s2.add(g2);
-                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
-                DoubleVector g3 = widen(dy, o + 12L * DL);
+                q2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g2, q2);
+                DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
-                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+                q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
             }
             if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector g0 = widen(dy, o);
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
-                q0 = widen(x, o).sub(m).fma(g0, q0);
-                DoubleVector g1 = widen(dy, o + 4L * DL);
+                q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
+                DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
-                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
+                q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
             }
             gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
         }
@@ -320,45 +319,45 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector g0 = widen(dy, o);
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
-                q0 = widen(x, o).sub(m).fma(g0, q0);
-                DoubleVector g1 = widen(dy, o + 4L * DL);
+                q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
+                DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
-                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
-                DoubleVector g2 = widen(dy, o + 8L * DL);
+                q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s2 = s2.add(g2);
-                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
-                DoubleVector g3 = widen(dy, o + 12L * DL);
+                q2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g2, q2);
+                DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
-                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
-                DoubleVector g4 = widen(dy, o + 16L * DL);
+                q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
+                DoubleVector g4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 16L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s4 = s4.add(g4);
-                q4 = widen(x, o + 16L * DL).sub(m).fma(g4, q4);
-                DoubleVector g5 = widen(dy, o + 20L * DL);
+                q4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 16L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g4, q4);
+                DoubleVector g5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 20L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s5 = s5.add(g5);
-                q5 = widen(x, o + 20L * DL).sub(m).fma(g5, q5);
-                DoubleVector g6 = widen(dy, o + 24L * DL);
+                q5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 20L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g5, q5);
+                DoubleVector g6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 24L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s6 = s6.add(g6);
-                q6 = widen(x, o + 24L * DL).sub(m).fma(g6, q6);
-                DoubleVector g7 = widen(dy, o + 28L * DL);
+                q6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 24L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g6, q6);
+                DoubleVector g7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s7 = s7.add(g7);
-                q7 = widen(x, o + 28L * DL).sub(m).fma(g7, q7);
+                q7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g7, q7);
             }
             if (end < base + halfBytes) {        // a half row: lanes 0..15
                 long o = end;
-                DoubleVector g0 = widen(dy, o);
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
-                q0 = widen(x, o).sub(m).fma(g0, q0);
-                DoubleVector g1 = widen(dy, o + 4L * DL);
+                q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
+                DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
-                q1 = widen(x, o + 4L * DL).sub(m).fma(g1, q1);
-                DoubleVector g2 = widen(dy, o + 8L * DL);
+                q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s2 = s2.add(g2);
-                q2 = widen(x, o + 8L * DL).sub(m).fma(g2, q2);
-                DoubleVector g3 = widen(dy, o + 12L * DL);
+                q2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g2, q2);
+                DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
-                q3 = widen(x, o + 12L * DL).sub(m).fma(g3, q3);
+                q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
             }
             gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
         }
@@ -390,7 +389,7 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             for (long o = base; o < base + halfBytes; o += 4L * DL) {
                 int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
-                DoubleVector d = widen(x, o).sub(k);
+                DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 DoubleVector.fromArray(DOUBLES, lanes, lane).add(d).intoArray(lanes, lane);
                 d.fma(d, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
                         .intoArray(lanes, VIRTUAL_LANES + lane);
@@ -409,9 +408,9 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             for (long o = base; o < base + halfBytes; o += 4L * DL) {
                 int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
-                DoubleVector g = widen(dy, o);
+                DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
-                widen(x, o).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
+                ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
                         .intoArray(lanes, VIRTUAL_LANES + lane);
             }
             gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
@@ -471,6 +470,13 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
                            double[] shift, double[] s1, double[] s2) {
+        if (DL == 8) {
+            // 64 channels at a time in registers over every row: one pass, no accumulator
+            // traffic (measured 0.77 ms against 1.25 for C = 64, 6.4 M floats: memory speed).
+            for (; c0 + 64 <= c1; c0 += 64) {
+                moments64(x, 4L * channels, row0, row1, c0, shift, s1, s2);
+            }
+        }
         for (int c = c0; c < c1; c++) {
             s1[c] = 0;
             s2[c] = 0;
@@ -486,7 +492,7 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector q = DoubleVector.fromArray(DOUBLES, s2, c);
                 long o = base + 4L * c;
                 for (int i = 0; i < rows; i++, o += rowBytes) {
-                    DoubleVector d = widen(x, o).sub(k);
+                    DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                     a = a.add(d);
                     q = d.fma(d, q);
                 }
@@ -505,6 +511,64 @@ final class VectorKernels implements BatchNormKernels {
                 s2[c] = q;
             }
         }
+    }
+
+    /** Channels [c, c + 64), rows [row0, row1), each channel adding its rows in order (512 bits). */
+    private static void moments64(MemorySegment x, long rowBytes, long row0, long row1, int c,
+                                  double[] shift, double[] s1, double[] s2) {
+        DoubleVector k0 = DoubleVector.fromArray(DOUBLES, shift, c + 0);
+        DoubleVector k1 = DoubleVector.fromArray(DOUBLES, shift, c + 8);
+        DoubleVector k2 = DoubleVector.fromArray(DOUBLES, shift, c + 16);
+        DoubleVector k3 = DoubleVector.fromArray(DOUBLES, shift, c + 24);
+        DoubleVector k4 = DoubleVector.fromArray(DOUBLES, shift, c + 32);
+        DoubleVector k5 = DoubleVector.fromArray(DOUBLES, shift, c + 40);
+        DoubleVector k6 = DoubleVector.fromArray(DOUBLES, shift, c + 48);
+        DoubleVector k7 = DoubleVector.fromArray(DOUBLES, shift, c + 56);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        for (long o = row0 * rowBytes + 4L * c, end = row1 * rowBytes; o < end; o += rowBytes) {
+            DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k0);
+            a0 = a0.add(d0);
+            q0 = d0.fma(d0, q0);
+            DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 32, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k1);
+            a1 = a1.add(d1);
+            q1 = d1.fma(d1, q1);
+            DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 64, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k2);
+            a2 = a2.add(d2);
+            q2 = d2.fma(d2, q2);
+            DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 96, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k3);
+            a3 = a3.add(d3);
+            q3 = d3.fma(d3, q3);
+            DoubleVector d4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 128, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k4);
+            a4 = a4.add(d4);
+            q4 = d4.fma(d4, q4);
+            DoubleVector d5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 160, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k5);
+            a5 = a5.add(d5);
+            q5 = d5.fma(d5, q5);
+            DoubleVector d6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 192, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k6);
+            a6 = a6.add(d6);
+            q6 = d6.fma(d6, q6);
+            DoubleVector d7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 224, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k7);
+            a7 = a7.add(d7);
+            q7 = d7.fma(d7, q7);
+        }
+        a0.intoArray(s1, c + 0);
+        a1.intoArray(s1, c + 8);
+        a2.intoArray(s1, c + 16);
+        a3.intoArray(s1, c + 24);
+        a4.intoArray(s1, c + 32);
+        a5.intoArray(s1, c + 40);
+        a6.intoArray(s1, c + 48);
+        a7.intoArray(s1, c + 56);
+        q0.intoArray(s2, c + 0);
+        q1.intoArray(s2, c + 8);
+        q2.intoArray(s2, c + 16);
+        q3.intoArray(s2, c + 24);
+        q4.intoArray(s2, c + 32);
+        q5.intoArray(s2, c + 40);
+        q6.intoArray(s2, c + 48);
+        q7.intoArray(s2, c + 56);
     }
 
     @Override
@@ -532,6 +596,11 @@ final class VectorKernels implements BatchNormKernels {
     public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
                                 long row1, int c0, int c1, double[] mean, double[] sumDy,
                                 double[] sumDyXmu) {
+        if (DL == 8) {
+            for (; c0 + 64 <= c1; c0 += 64) {
+                gradientSums64(x, dy, 4L * channels, row0, row1, c0, mean, sumDy, sumDyXmu);
+            }
+        }
         for (int c = c0; c < c1; c++) {
             sumDy[c] = 0;
             sumDyXmu[c] = 0;
@@ -547,9 +616,9 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector q = DoubleVector.fromArray(DOUBLES, sumDyXmu, c);
                 long o = base + 4L * c;
                 for (int i = 0; i < rows; i++, o += rowBytes) {
-                    DoubleVector g = widen(dy, o);
+                    DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                     a = a.add(g);
-                    q = widen(x, o).sub(m).fma(g, q);
+                    q = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, q);
                 }
                 a.intoArray(sumDy, c);
                 q.intoArray(sumDyXmu, c);
@@ -567,6 +636,65 @@ final class VectorKernels implements BatchNormKernels {
                 sumDyXmu[c] = q;
             }
         }
+    }
+
+    /** As {@link #moments64}, for the gradient sums. */
+    private static void gradientSums64(MemorySegment x, MemorySegment dy, long rowBytes, long row0,
+                                       long row1, int c, double[] mean, double[] sumDy,
+                                       double[] sumDyXmu) {
+        DoubleVector m0 = DoubleVector.fromArray(DOUBLES, mean, c + 0);
+        DoubleVector m1 = DoubleVector.fromArray(DOUBLES, mean, c + 8);
+        DoubleVector m2 = DoubleVector.fromArray(DOUBLES, mean, c + 16);
+        DoubleVector m3 = DoubleVector.fromArray(DOUBLES, mean, c + 24);
+        DoubleVector m4 = DoubleVector.fromArray(DOUBLES, mean, c + 32);
+        DoubleVector m5 = DoubleVector.fromArray(DOUBLES, mean, c + 40);
+        DoubleVector m6 = DoubleVector.fromArray(DOUBLES, mean, c + 48);
+        DoubleVector m7 = DoubleVector.fromArray(DOUBLES, mean, c + 56);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        DoubleVector a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+        for (long o = row0 * rowBytes + 4L * c, end = row1 * rowBytes; o < end; o += rowBytes) {
+            DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a0 = a0.add(g0);
+            q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m0).fma(g0, q0);
+            DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 32, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a1 = a1.add(g1);
+            q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 32, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m1).fma(g1, q1);
+            DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 64, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a2 = a2.add(g2);
+            q2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 64, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m2).fma(g2, q2);
+            DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 96, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a3 = a3.add(g3);
+            q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 96, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m3).fma(g3, q3);
+            DoubleVector g4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 128, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a4 = a4.add(g4);
+            q4 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 128, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m4).fma(g4, q4);
+            DoubleVector g5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 160, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a5 = a5.add(g5);
+            q5 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 160, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m5).fma(g5, q5);
+            DoubleVector g6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 192, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a6 = a6.add(g6);
+            q6 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 192, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m6).fma(g6, q6);
+            DoubleVector g7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 224, NATIVE).convertShape(F2D, DOUBLES, 0));
+            a7 = a7.add(g7);
+            q7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 224, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m7).fma(g7, q7);
+        }
+        a0.intoArray(sumDy, c + 0);
+        a1.intoArray(sumDy, c + 8);
+        a2.intoArray(sumDy, c + 16);
+        a3.intoArray(sumDy, c + 24);
+        a4.intoArray(sumDy, c + 32);
+        a5.intoArray(sumDy, c + 40);
+        a6.intoArray(sumDy, c + 48);
+        a7.intoArray(sumDy, c + 56);
+        q0.intoArray(sumDyXmu, c + 0);
+        q1.intoArray(sumDyXmu, c + 8);
+        q2.intoArray(sumDyXmu, c + 16);
+        q3.intoArray(sumDyXmu, c + 24);
+        q4.intoArray(sumDyXmu, c + 32);
+        q5.intoArray(sumDyXmu, c + 40);
+        q6.intoArray(sumDyXmu, c + 48);
+        q7.intoArray(sumDyXmu, c + 56);
     }
 
     @Override
