@@ -389,7 +389,6 @@ final class VectorKernels implements BatchNormKernels {
     private static void momentsAnyWidth(MemorySegment x, long first, long stride, int planes,
                                         long spatial, double shift, double[] lanes, double[] tail) {
         DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
-        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         for (int p = 0; p < planes; p++) {
             long base = first + p * stride;
