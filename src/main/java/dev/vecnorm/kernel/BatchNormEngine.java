@@ -11,15 +11,16 @@ import java.util.concurrent.ExecutorService;
  * partial results in chunk order, and hands element-wise work to {@link Workers}. Arguments are
  * validated by {@code BatchNorm} before any method here runs.
  *
- * <p><b>Determinism.</b> The chunks depend only on the shape, never on the thread count: an NCHW
- * plane of {@link #PLANE_CHUNK_MIN} values or more is a chunk of its own; otherwise a channel's
- * reduction is cut into at most {@link #MAX_CHUNKS} chunks of about {@link #CHUNK_ELEMENTS}
- * values or more. Partial results are merged in chunk order. With kernels that agree bit for bit
+ * <p><b>Determinism.</b> The chunks depend only on the shape, never on the thread count: the
+ * images (NCHW) or rows (NHWC) are cut into at most {@link #MAX_CHUNKS} contiguous chunks of
+ * about {@link #CHUNK_ELEMENTS} tensor elements or more. Within a chunk each channel adds its
+ * planes (rows) in order; the chunks' partial results are merged in chunk order. With kernels that agree bit for bit
  * (see {@link BatchNormKernels}), every output is therefore the same for every parallelism and
  * for both NCHW strategies (fused or two passes).
  */
 public final class BatchNormEngine {
 
+    /** Tensor elements per reduction chunk, at least (fewer when there are fewer in all). */
     static final long CHUNK_ELEMENTS = 1L << 15;
     /**
      * Below this many elements a call runs on the calling thread whatever the parallelism: handing
@@ -28,8 +29,6 @@ public final class BatchNormEngine {
      */
     static final long PARALLEL_MIN_ELEMENTS = 1L << 16;
     static final int MAX_CHUNKS = 16;
-    /** NCHW planes of at least this many values are reduction chunks of their own. */
-    static final long PLANE_CHUNK_MIN = 512;
     static final long FUSED_MIN_PLANE_BYTES = 32 * 1024;
     static final long FUSED_MIN_TENSOR_BYTES = 32L * 1024 * 1024;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -42,8 +41,8 @@ public final class BatchNormEngine {
     private final boolean nchw;
     private final double epsilon;
     private final Workers workers;
-    /** NCHW: planes per chunk and chunks per channel; NHWC: rows per chunk and chunks. */
-    private final long perChunk;
+    /** What a chunk is made of: images (NCHW) or rows (NHWC); chunk k is [units k / chunks, ...). */
+    private final long units;
     private final int chunks;
     /**
      * NCHW only: statistics and normalisation per channel, back to back, instead of a statistics
@@ -77,18 +76,9 @@ public final class BatchNormEngine {
         this.nchw = shape.layout() == Layout.NCHW && spatial > 1;
         this.epsilon = epsilon;
         this.workers = new Workers(shape.elements() < PARALLEL_MIN_ELEMENTS ? 1 : parallelism, executor);
-        long units = nchw ? n : m;                       // what a chunk is made of: planes or rows
-        if (nchw && spatial >= PLANE_CHUNK_MIN) {
-            // Planes big enough to be chunks of their own: the statistics pass can then walk the
-            // tensor in memory order (plane after plane), which is 1.5-2x faster than channel by
-            // channel, and the 32-lane combination per plane costs little next to the plane.
-            this.perChunk = 1;
-        } else {
-            long wanted = Math.ceilDiv(m, CHUNK_ELEMENTS);
-            long chunkCount = Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
-            this.perChunk = Math.ceilDiv(units, chunkCount);
-        }
-        this.chunks = (int) Math.ceilDiv(units, perChunk);
+        this.units = nchw ? n : m;
+        long wanted = Math.ceilDiv(shape.elements(), CHUNK_ELEMENTS);
+        this.chunks = (int) Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
         this.fused = nchw && (fusedOverride != null ? fusedOverride
                 : 4 * spatial >= FUSED_MIN_PLANE_BYTES && 4 * shape.elements() > FUSED_MIN_TENSOR_BYTES);
     }
@@ -129,38 +119,25 @@ public final class BatchNormEngine {
     /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
     private ChannelMoments statistics(MemorySegment x) {
         ChannelMoments moments = new ChannelMoments(channels);
-        if (nchw) {
-            double[] s = new double[2 * channels * chunks];
-            // Tasks in memory order (chunk-major); results stored by channel, merged in chunk order.
-            workers.run(channels * chunks, t -> {
-                int k = t / channels, c = t % channels, at = 2 * (c * chunks + k);
-                double[] out = new double[2];
-                kernels.planeMoments(x, planeOffset(k * perChunk, c), planeStride(), planes(k),
-                        spatial, shiftOf(x, c), out);
-                s[at] = out[0];
-                s[at + 1] = out[1];
-            });
-            for (int c = 0; c < channels; c++) {
-                float shift = shiftOf(x, c);
-                for (int k = 0; k < chunks; k++) {
-                    int t = c * chunks + k;
-                    moments.mergeShiftedSums(c, planes(k) * spatial, shift, s[2 * t], s[2 * t + 1]);
-                }
-            }
-            return moments;
-        }
         double[] shift = new double[channels];
         for (int c = 0; c < channels; c++) {
             shift[c] = shiftOf(x, c);
         }
+        // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
+        // row after row); partial sums per chunk and channel, merged in chunk order.
         double[][] s1 = new double[chunks][channels];
         double[][] s2 = new double[chunks][channels];
-        workers.run(chunks, k -> kernels.rowMoments(x, channels, k * perChunk, rowEnd(k), 0,
-                channels, shift, s1[k], s2[k]));
+        if (nchw) {
+            workers.run(chunks, k -> kernels.planesMoments(x, channels, spatial,
+                    (int) start(k) * channels, (int) start(k + 1) * channels, shift, s1[k], s2[k]));
+        } else {
+            workers.run(chunks, k -> kernels.rowMoments(x, channels, start(k), start(k + 1), 0,
+                    channels, shift, s1[k], s2[k]));
+        }
         for (int k = 0; k < chunks; k++) {
-            long rows = rowEnd(k) - k * perChunk;
+            long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
             for (int c = 0; c < channels; c++) {
-                moments.mergeShiftedSums(c, rows, shift[c], s1[k][c], s2[k][c]);
+                moments.mergeShiftedSums(c, values, shift[c], s1[k][c], s2[k][c]);
             }
         }
         return moments;
@@ -171,9 +148,10 @@ public final class BatchNormEngine {
         float shift = shiftOf(x, c);
         double[] out = new double[2];
         for (int k = 0; k < chunks; k++) {
-            kernels.planeMoments(x, planeOffset(k * perChunk, c), planeStride(), planes(k), spatial,
-                    shift, out);
-            moments.mergeShiftedSums(c, planes(k) * spatial, shift, out[0], out[1]);
+            int planes = (int) (start(k + 1) - start(k));
+            kernels.planeMoments(x, planeOffset(start(k), c), planeStride(), planes, spatial, shift,
+                    out);
+            moments.mergeShiftedSums(c, planes * spatial, shift, out[0], out[1]);
         }
     }
 
@@ -229,12 +207,10 @@ public final class BatchNormEngine {
     private void transform(MemorySegment x, MemorySegment y, float[] mu, float[] scale,
                            float[] offset) {
         if (nchw) {
-            // Memory order, plane by plane: one sequential stream for the prefetchers.
-            workers.run(n * channels, p -> {
-                int c = p % channels;
-                kernels.planeNormalize(x, y, 4L * p * spatial, planeStride(), 1, spatial, mu[c],
-                        scale[c], offset[c]);
-            });
+            // Memory order, plane after plane: one sequential stream for the prefetchers.
+            int tasks = planeTasks();
+            workers.run(tasks, t -> kernels.planesNormalize(x, y, channels, spatial,
+                    planeBoundary(t, tasks), planeBoundary(t + 1, tasks), mu, scale, offset));
         } else {
             int tasks = rowTasks();
             workers.run(tasks, t -> kernels.rowNormalize(x, y, channels, m * t / tasks,
@@ -264,8 +240,8 @@ public final class BatchNormEngine {
                 double[] out = new double[2];
                 double sumDy = 0, sumDyXmu = 0;
                 for (int k = 0; k < chunks; k++) {
-                    kernels.planeGradientSums(x, dy, planeOffset(k * perChunk, c), planeStride(),
-                            planes(k), spatial, mu[c], out);
+                    kernels.planeGradientSums(x, dy, planeOffset(start(k), c), planeStride(),
+                            (int) (start(k + 1) - start(k)), spatial, mu[c], out);
                     sumDy += out[0];
                     sumDyXmu += out[1];
                 }
@@ -289,11 +265,9 @@ public final class BatchNormEngine {
             return;
         }
         if (nchw) {
-            workers.run(n * channels, p -> {
-                int c = p % channels;
-                kernels.planeGradientInput(x, dy, dx, 4L * p * spatial, planeStride(), 1, spatial,
-                        mu[c], a[c], bb[c], cc[c]);
-            });
+            int tasks = planeTasks();
+            workers.run(tasks, t -> kernels.planesGradientInput(x, dy, dx, channels, spatial,
+                    planeBoundary(t, tasks), planeBoundary(t + 1, tasks), mu, a, bb, cc));
         } else {
             int tasks = rowTasks();
             workers.run(tasks, t -> kernels.rowGradientInput(x, dy, dx, channels, m * t / tasks,
@@ -323,35 +297,22 @@ public final class BatchNormEngine {
         cc[c] = (float) (-scale * sumDy / m);
     }
 
+    /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
     private void gradientSums(MemorySegment x, MemorySegment dy, float[] mu, double[] sumDy,
                               double[] sumDyXmu) {
-        if (nchw) {
-            double[] s = new double[2 * channels * chunks];
-            workers.run(channels * chunks, t -> {
-                int k = t / channels, c = t % channels, at = 2 * (c * chunks + k);
-                double[] out = new double[2];
-                kernels.planeGradientSums(x, dy, planeOffset(k * perChunk, c), planeStride(),
-                        planes(k), spatial, mu[c], out);
-                s[at] = out[0];
-                s[at + 1] = out[1];
-            });
-            for (int c = 0; c < channels; c++) {
-                for (int k = 0; k < chunks; k++) {
-                    int t = c * chunks + k;
-                    sumDy[c] += s[2 * t];
-                    sumDyXmu[c] += s[2 * t + 1];
-                }
-            }
-            return;
-        }
         double[] meanD = new double[channels];
         for (int c = 0; c < channels; c++) {
             meanD[c] = mu[c];
         }
         double[][] s1 = new double[chunks][channels];
         double[][] s2 = new double[chunks][channels];
-        workers.run(chunks, k -> kernels.rowGradientSums(x, dy, channels, k * perChunk, rowEnd(k),
-                0, channels, meanD, s1[k], s2[k]));
+        if (nchw) {
+            workers.run(chunks, k -> kernels.planesGradientSums(x, dy, channels, spatial,
+                    (int) start(k) * channels, (int) start(k + 1) * channels, meanD, s1[k], s2[k]));
+        } else {
+            workers.run(chunks, k -> kernels.rowGradientSums(x, dy, channels, start(k),
+                    start(k + 1), 0, channels, meanD, s1[k], s2[k]));
+        }
         for (int k = 0; k < chunks; k++) {
             for (int c = 0; c < channels; c++) {
                 sumDy[c] += s1[k][c];
@@ -375,12 +336,18 @@ public final class BatchNormEngine {
         return 4L * (plane * channels + c) * spatial;
     }
 
-    private int planes(int chunk) {
-        return (int) Math.min(perChunk, n - chunk * perChunk);
+    /** The first image (NCHW) or row (NHWC) of chunk k; k = chunks gives the end. */
+    private long start(int k) {
+        return units * k / chunks;
     }
 
-    private long rowEnd(int chunk) {
-        return Math.min(m, (chunk + 1) * perChunk);
+    private int planeTasks() {
+        return Math.min(n * channels, workers.parallelism());
+    }
+
+    /** Plane tasks split the n * channels planes evenly: task t starts here. */
+    private int planeBoundary(int t, int tasks) {
+        return (int) ((long) n * channels * t / tasks);
     }
 
     private int rowTasks() {

@@ -9,13 +9,15 @@ import java.lang.foreign.MemorySegment;
  *
  * <p><b>Bitwise contract.</b> Every implementation produces the same bits for the same call:
  * <ul>
- *   <li>NCHW reductions use {@link #VIRTUAL_LANES} = 32 virtual lanes: within a plane, the
- *       element at index {@code s < spatial - spatial % 16} goes to lane {@code s % 32}; the rest
- *       (fewer than 16, the plane's tail) goes to one tail accumulator. Lanes run on across the
- *       planes of one call. Each lane adds in element order, in double. At the end the lanes are
- *       combined by the tree in {@link LaneTree#combine}, then the tail is added. (32 lanes give
- *       four independent chains of additions per quantity at 512 bits, which the latency of
- *       double adds needs; a half row of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
+ *   <li>NCHW reductions reduce each plane on its own: the element at index
+ *       {@code s < spatial - spatial % 16} goes to virtual lane {@code s % 32} of
+ *       {@link #VIRTUAL_LANES} = 32; the rest (fewer than 16, the plane's tail) goes to one tail
+ *       accumulator; each lane and the tail start at 0 and add in element order, in double. The
+ *       lanes are combined by the tree in {@link LaneTree#combine}, then the tail is added. A
+ *       call adds its planes' results in plane order, starting from 0 ({@code plane*}) or from
+ *       the caller's accumulators ({@code planes*}). (32 lanes give four independent chains of
+ *       additions per quantity at 512 bits, which the latency of double adds needs; a half row
+ *       of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
  *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
  *   <li>Element-wise transforms use the same fused multiply-adds in every implementation.</li>
  * </ul>
@@ -58,6 +60,31 @@ public interface BatchNormKernels {
     void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
                             long stride, int planes, long spatial, float mean, float a, float b,
                             float c);
+
+    // ---- NCHW in memory order: planes [p0, p1) of the tensor, plane p is channel p % channels ----
+
+    /**
+     * Adds each plane's shifted sums to its channel's accumulators, planes in order:
+     * {@code s1[c] += sum(x - shift[c])}, {@code s2[c] += sum((x - shift[c])^2)}.
+     */
+    void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
+                       double[] shift, double[] s1, double[] s2);
+
+    /** {@code y = fma(x - mean[c], scale[c], offset[c])} over planes [p0, p1). */
+    void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial, int p0,
+                         int p1, float[] mean, float[] scale, float[] offset);
+
+    /**
+     * Adds each plane's gradient sums to its channel's accumulators, planes in order:
+     * {@code sumDy[c] += sum(dy)}, {@code sumDyXmu[c] += sum((x - mean[c]) * dy)}.
+     */
+    void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial, int p0,
+                            int p1, double[] mean, double[] sumDy, double[] sumDyXmu);
+
+    /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over planes [p0, p1). */
+    void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+                             long spatial, int p0, int p1, float[] mean, float[] a, float[] b,
+                             float[] c);
 
     // ---- NHWC: rows [row0, row1) of 'channels' floats, channels [c0, c1) ----
 

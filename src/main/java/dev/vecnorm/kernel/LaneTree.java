@@ -16,7 +16,15 @@ final class LaneTree {
      * Pairwise combination also keeps the rounding error of the combination at log2(32) = 5 adds.
      */
     static double combine(double[] lanes, int from, double tail) {
-        for (int half = BatchNormKernels.VIRTUAL_LANES / 2; half >= 1; half >>= 1) {
+        return combine(lanes, from, BatchNormKernels.VIRTUAL_LANES, tail);
+    }
+
+    /**
+     * The same tree's last levels, over {@code lanes[from .. from + count)} ({@code count} a power
+     * of two): for kernels that did the first levels in vector registers, lane by lane.
+     */
+    static double combine(double[] lanes, int from, int count, double tail) {
+        for (int half = count / 2; half >= 1; half >>= 1) {
             for (int i = 0; i < half; i++) {
                 lanes[from + i] += lanes[from + i + half];
             }

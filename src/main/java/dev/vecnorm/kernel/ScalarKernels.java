@@ -19,29 +19,55 @@ public final class ScalarKernels implements BatchNormKernels {
         return "scalar";
     }
 
+    /** Scratch of the per-plane reductions: [0, 2) results, [2, 34) and [34, 66) the lanes. */
+    private static final int SCRATCH = 2 + 2 * LANES;
+
     @Override
     public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
                              float shift, double[] out) {
-        double[] lanes = new double[2 * LANES];          // [0, 32): sum d, [32, 64): sum d^2
-        double k = shift;
-        long body = spatial - spatial % TAIL_GRANULE;
-        double t1 = 0, t2 = 0;
+        double[] t = new double[SCRATCH];
+        double s1 = 0, s2 = 0;
         for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long s = 0; s < body; s++) {
-                double d = (double) x.get(F32, base + 4 * s) - k;
-                int lane = (int) (s % LANES);
-                lanes[lane] += d;
-                lanes[LANES + lane] = Math.fma(d, d, lanes[LANES + lane]);
-            }
-            for (long s = body; s < spatial; s++) {
-                double d = (double) x.get(F32, base + 4 * s) - k;
-                t1 += d;
-                t2 = Math.fma(d, d, t2);
+            planeMoments(x, first + p * stride, spatial, shift, t);
+            s1 += t[0];
+            s2 += t[1];
+        }
+        out[0] = s1;
+        out[1] = s2;
+    }
+
+    @Override
+    public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
+                              double[] shift, double[] s1, double[] s2) {
+        double[] t = new double[SCRATCH];
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            planeMoments(x, 4L * p * spatial, spatial, shift[c], t);
+            s1[c] += t[0];
+            s2[c] += t[1];
+            if (++c == channels) {
+                c = 0;
             }
         }
-        out[0] = LaneTree.combine(lanes, 0, t1);
-        out[1] = LaneTree.combine(lanes, LANES, t2);
+    }
+
+    /** One plane's shifted sums into t[0] (sum d) and t[1] (sum d^2); t[2, 66) are the lanes. */
+    private static void planeMoments(MemorySegment x, long base, long spatial, double k, double[] t) {
+        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
+        long body = spatial - spatial % TAIL_GRANULE;
+        for (long s = 0; s < body; s++) {
+            double d = (double) x.get(F32, base + 4 * s) - k;
+            int lane = 2 + (int) (s % LANES);
+            t[lane] += d;
+            t[LANES + lane] = Math.fma(d, d, t[LANES + lane]);
+        }
+        double t1 = 0, t2 = 0;
+        for (long s = body; s < spatial; s++) {
+            double d = (double) x.get(F32, base + 4 * s) - k;
+            t1 += d;
+            t2 = Math.fma(d, d, t2);
+        }
+        t[0] = LaneTree.combine(t, 2, t1);
+        t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
     @Override
@@ -57,32 +83,68 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
-                                  int planes, long spatial, float mean, double[] out) {
-        double[] lanes = new double[2 * LANES];          // [0, 32): sum dy, [32, 64): sum (x-mean) dy
-        double m = mean;
-        long body = spatial - spatial % TAIL_GRANULE;
-        double t1 = 0, t2 = 0;
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long s = 0; s < body; s++) {
-                long at = base + 4 * s;
-                double g = dy.get(F32, at);
-                double d = (double) x.get(F32, at) - m;
-                int lane = (int) (s % LANES);
-                lanes[lane] += g;
-                lanes[LANES + lane] = Math.fma(d, g, lanes[LANES + lane]);
-            }
-            for (long s = body; s < spatial; s++) {
-                long at = base + 4 * s;
-                double g = dy.get(F32, at);
-                double d = (double) x.get(F32, at) - m;
-                t1 += g;
-                t2 = Math.fma(d, g, t2);
+    public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
+                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            planeNormalize(x, y, 4L * p * spatial, 0, 1, spatial, mean[c], scale[c], offset[c]);
+            if (++c == channels) {
+                c = 0;
             }
         }
-        out[0] = LaneTree.combine(lanes, 0, t1);
-        out[1] = LaneTree.combine(lanes, LANES, t2);
+    }
+
+    @Override
+    public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
+                                  int planes, long spatial, float mean, double[] out) {
+        double[] t = new double[SCRATCH];
+        double s1 = 0, s2 = 0;
+        for (int p = 0; p < planes; p++) {
+            planeGradientSums(x, dy, first + p * stride, spatial, mean, t);
+            s1 += t[0];
+            s2 += t[1];
+        }
+        out[0] = s1;
+        out[1] = s2;
+    }
+
+    @Override
+    public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
+                                   int p0, int p1, double[] mean, double[] sumDy,
+                                   double[] sumDyXmu) {
+        double[] t = new double[SCRATCH];
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            planeGradientSums(x, dy, 4L * p * spatial, spatial, mean[c], t);
+            sumDy[c] += t[0];
+            sumDyXmu[c] += t[1];
+            if (++c == channels) {
+                c = 0;
+            }
+        }
+    }
+
+    /** One plane's sum(dy) into t[0] and sum((x - m) dy) into t[1]; t[2, 66) are the lanes. */
+    private static void planeGradientSums(MemorySegment x, MemorySegment dy, long base,
+                                          long spatial, double m, double[] t) {
+        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
+        long body = spatial - spatial % TAIL_GRANULE;
+        for (long s = 0; s < body; s++) {
+            long at = base + 4 * s;
+            double g = dy.get(F32, at);
+            double d = (double) x.get(F32, at) - m;
+            int lane = 2 + (int) (s % LANES);
+            t[lane] += g;
+            t[LANES + lane] = Math.fma(d, g, t[LANES + lane]);
+        }
+        double t1 = 0, t2 = 0;
+        for (long s = body; s < spatial; s++) {
+            long at = base + 4 * s;
+            double g = dy.get(F32, at);
+            double d = (double) x.get(F32, at) - m;
+            t1 += g;
+            t2 = Math.fma(d, g, t2);
+        }
+        t[0] = LaneTree.combine(t, 2, t1);
+        t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
     @Override
@@ -95,6 +157,19 @@ public final class ScalarKernels implements BatchNormKernels {
                 long at = base + 4 * s;
                 float g = dy.get(F32, at);
                 dx.set(F32, at, Math.fma(x.get(F32, at) - mean, b, Math.fma(g, a, c)));
+            }
+        }
+    }
+
+    @Override
+    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                    int channels, long spatial, int p0, int p1, float[] mean,
+                                    float[] a, float[] b, float[] c) {
+        for (int p = p0, ch = p0 % channels; p < p1; p++) {
+            planeGradientInput(x, dy, dx, 4L * p * spatial, 0, 1, spatial, mean[ch], a[ch], b[ch],
+                    c[ch]);
+            if (++ch == channels) {
+                ch = 0;
             }
         }
     }

@@ -5,8 +5,10 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 /**
@@ -41,6 +43,10 @@ final class VectorKernels implements BatchNormKernels {
     private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final VectorOperators.Conversion<Float, Double> F2D = VectorOperators.F2D;
+    /** Lane i gets lane i + DL/2 (then DL/4, DL/8): the in-vector levels of {@link LaneTree}. */
+    private static final VectorShuffle<Double> HALF_UP = VectorShuffle.iota(DOUBLES, DL / 2, 1, true);
+    private static final VectorShuffle<Double> QUARTER_UP = VectorShuffle.iota(DOUBLES, Math.max(1, DL / 4), 1, true);
+    private static final VectorShuffle<Double> EIGHTH_UP = VectorShuffle.iota(DOUBLES, Math.max(1, DL / 8), 1, true);
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /** NHWC reductions update each channel's accumulators once per this many rows. */
     private static final int ROW_BLOCK = 4;
@@ -92,40 +98,60 @@ final class VectorKernels implements BatchNormKernels {
         return description;
     }
 
-    private static FloatVector load(MemorySegment s, long offset) {
-        return FloatVector.fromMemorySegment(FLOATS, s, offset, NATIVE);
-    }
-
     // ------------------------------------------------------------------------------------ NCHW
+
+    /** Scratch of the per-plane reductions: [0, 2) results, then the lanes. */
+    private static final int SCRATCH = 2 + 2 * VIRTUAL_LANES;
 
     @Override
     public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
                              float shift, double[] out) {
-        double[] lanes = new double[2 * VIRTUAL_LANES];
-        double[] tail = new double[2];
-        if (DL == 8) {
-            moments4(x, first, stride, planes, spatial, shift, lanes, tail);
-        } else if (DL == 4) {
-            moments8(x, first, stride, planes, spatial, shift, lanes, tail);
-        } else {
-            momentsAnyWidth(x, first, stride, planes, spatial, shift, lanes, tail);
+        double[] t = new double[SCRATCH];
+        double s1 = 0, s2 = 0;
+        for (int p = 0; p < planes; p++) {
+            planeMoments(x, first + p * stride, spatial, shift, t);
+            s1 += t[0];
+            s2 += t[1];
         }
-        out[0] = LaneTree.combine(lanes, 0, tail[0]);
-        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, tail[1]);
+        out[0] = s1;
+        out[1] = s2;
     }
 
-    private static void moments4(MemorySegment x, long first, long stride, int planes, long spatial,
-                              double shift, double[] lanes, double[] tail) {
+    @Override
+    public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
+                              double[] shift, double[] s1, double[] s2) {
+        double[] t = new double[SCRATCH];
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            planeMoments(x, 4L * p * spatial, spatial, shift[c], t);
+            s1[c] += t[0];
+            s2[c] += t[1];
+            if (++c == channels) {
+                c = 0;
+            }
+        }
+    }
+
+    /** One plane's shifted sums into t[0] (sum d) and t[1] (sum d^2). C2 folds the width test. */
+    private static void planeMoments(MemorySegment x, long base, long spatial, double shift,
+                                     double[] t) {
+        if (DL == 8) {
+            moments4(x, base, spatial, shift, t);
+        } else if (DL == 4) {
+            moments8(x, base, spatial, shift, t);
+        } else {
+            momentsAnyWidth(x, base, spatial, shift, t);
+        }
+    }
+
+    private static void moments4(MemorySegment x, long base, long spatial, double shift,
+                                 double[] t) {
         DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
         DoubleVector z = DoubleVector.zero(DOUBLES);
         DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
         DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
-        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + rowsBytes;
-            for (long o = base; o < end; o += ROW_BYTES) {
+        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -138,40 +164,44 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
-            }
-            if (end < base + halfBytes) {        // a half row: lanes 0..15
-                long o = end;
+        }
+        if (end < half) {                 // a half row: lanes 0..15
+            long o = end;
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
                 DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
-            }
-            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
         }
-        s0.intoArray(lanes, 0 * DL);
-        s1.intoArray(lanes, 1 * DL);
-        s2.intoArray(lanes, 2 * DL);
-        s3.intoArray(lanes, 3 * DL);
-        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
-        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
-        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
-        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double d = (double) x.get(F32, o) - shift;
+            t1 += d;
+            t2 = Math.fma(d, d, t2);
+        }
+        // LaneTree's order in registers: halves added lane by lane, then within the vector.
+        DoubleVector s = s0.add(s2).add(s1.add(s3));
+        s = s.add(s.rearrange(HALF_UP));
+        s = s.add(s.rearrange(QUARTER_UP));
+        s = s.add(s.rearrange(EIGHTH_UP));
+        DoubleVector q = q0.add(q2).add(q1.add(q3));
+        q = q.add(q.rearrange(HALF_UP));
+        q = q.add(q.rearrange(QUARTER_UP));
+        q = q.add(q.rearrange(EIGHTH_UP));
+        t[0] = s.lane(0) + t1;
+        t[1] = q.lane(0) + t2;
     }
 
-    private static void moments8(MemorySegment x, long first, long stride, int planes, long spatial,
-                              double shift, double[] lanes, double[] tail) {
+    private static void moments8(MemorySegment x, long base, long spatial, double shift,
+                                 double[] t) {
         DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
         DoubleVector z = DoubleVector.zero(DOUBLES);
         DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
         DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + rowsBytes;
-            for (long o = base; o < end; o += ROW_BYTES) {
+        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -196,9 +226,9 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s7 = s7.add(d7);
                 q7 = d7.fma(d7, q7);
-            }
-            if (end < base + halfBytes) {        // a half row: lanes 0..15
-                long o = end;
+        }
+        if (end < half) {                 // a half row: lanes 0..15
+            long o = end;
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -211,25 +241,45 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
-            }
-            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
         }
-        s0.intoArray(lanes, 0 * DL);
-        s1.intoArray(lanes, 1 * DL);
-        s2.intoArray(lanes, 2 * DL);
-        s3.intoArray(lanes, 3 * DL);
-        s4.intoArray(lanes, 4 * DL);
-        s5.intoArray(lanes, 5 * DL);
-        s6.intoArray(lanes, 6 * DL);
-        s7.intoArray(lanes, 7 * DL);
-        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
-        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
-        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
-        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
-        q4.intoArray(lanes, VIRTUAL_LANES + 4 * DL);
-        q5.intoArray(lanes, VIRTUAL_LANES + 5 * DL);
-        q6.intoArray(lanes, VIRTUAL_LANES + 6 * DL);
-        q7.intoArray(lanes, VIRTUAL_LANES + 7 * DL);
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double d = (double) x.get(F32, o) - shift;
+            t1 += d;
+            t2 = Math.fma(d, d, t2);
+        }
+        // LaneTree's order in registers: halves added lane by lane, then within the vector.
+        DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
+        s = s.add(s.rearrange(HALF_UP));
+        s = s.add(s.rearrange(QUARTER_UP));
+        DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
+        q = q.add(q.rearrange(HALF_UP));
+        q = q.add(q.rearrange(QUARTER_UP));
+        t[0] = s.lane(0) + t1;
+        t[1] = q.lane(0) + t2;
+    }
+
+    /** Any width (128 bits in tests): the 32 lanes live in t[2, 66), updated row by row. */
+    private static void momentsAnyWidth(MemorySegment x, long base, long spatial, double shift,
+                                        double[] t) {
+        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
+        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < half; o += 4L * DL) {
+            int lane = 2 + (int) ((o - base) / 4 % VIRTUAL_LANES);
+            DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
+            DoubleVector.fromArray(DOUBLES, t, lane).add(d).intoArray(t, lane);
+            d.fma(d, DoubleVector.fromArray(DOUBLES, t, VIRTUAL_LANES + lane))
+                    .intoArray(t, VIRTUAL_LANES + lane);
+        }
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double d = (double) x.get(F32, o) - shift;
+            t1 += d;
+            t2 = Math.fma(d, d, t2);
+        }
+        t[0] = LaneTree.combine(t, 2, t1);
+        t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
     @Override
@@ -243,7 +293,7 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + bodyBytes;
             for (long o = base; o < end; o += 4L * FL) {
-                load(x, o).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
             }
             for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
                 y.set(F32, o, Math.fma(x.get(F32, o) - mean, scale, offset));
@@ -251,34 +301,96 @@ final class VectorKernels implements BatchNormKernels {
         }
     }
 
+    /**
+     * Planes in memory order, as one flat stream of vectors: a vector that straddles two planes
+     * takes the second plane's parameters in its upper lanes (a blend under a mask), so there is
+     * no per-plane loop, remainder or tail (a 7x7 plane is 49 floats: per plane, the loop shapes
+     * with a remainder measured 1.3-1.7x slower than this stream). Needs planes of at least one
+     * vector; the range ends on a plane boundary, so what is left after the last full vector
+     * (fewer than FL floats) belongs to the last plane.
+     */
+    @Override
+    public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
+                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
+        if (spatial < FL) {
+            for (int p = p0, c = p0 % channels; p < p1; p++) {
+                planeNormalize(x, y, 4L * p * spatial, 0, 1, spatial, mean[c], scale[c], offset[c]);
+                if (++c == channels) {
+                    c = 0;
+                }
+            }
+            return;
+        }
+        long end = 4L * p1 * spatial;
+        long o = 4L * p0 * spatial;
+        int c = p0 % channels;
+        long left = spatial;                       // floats of plane c from o on
+        for (; o <= end - 4L * FL; o += 4L * FL) {
+            int next = c + 1 == channels ? 0 : c + 1;
+            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
+            FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
+            FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
+            boolean crossed = left <= FL;
+            left = crossed ? left + spatial - FL : left - FL;
+            c = crossed ? next : c;
+        }
+        for (; o < end; o += 4) {
+            y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
+        }
+    }
+
     @Override
     public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
                                   int planes, long spatial, float mean, double[] out) {
-        double[] lanes = new double[2 * VIRTUAL_LANES];
-        double[] tail = new double[2];
-        if (DL == 8) {
-            gradientSums4(x, dy, first, stride, planes, spatial, mean, lanes, tail);
-        } else if (DL == 4) {
-            gradientSums8(x, dy, first, stride, planes, spatial, mean, lanes, tail);
-        } else {
-            gradientSumsAnyWidth(x, dy, first, stride, planes, spatial, mean, lanes, tail);
+        double[] t = new double[SCRATCH];
+        double s1 = 0, s2 = 0;
+        for (int p = 0; p < planes; p++) {
+            planeGradientSums(x, dy, first + p * stride, spatial, mean, t);
+            s1 += t[0];
+            s2 += t[1];
         }
-        out[0] = LaneTree.combine(lanes, 0, tail[0]);
-        out[1] = LaneTree.combine(lanes, VIRTUAL_LANES, tail[1]);
+        out[0] = s1;
+        out[1] = s2;
     }
 
-    private static void gradientSums4(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
-                              long spatial, double mean, double[] lanes, double[] tail) {
+    @Override
+    public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
+                                   int p0, int p1, double[] mean, double[] sumDy,
+                                   double[] sumDyXmu) {
+        double[] t = new double[SCRATCH];
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            planeGradientSums(x, dy, 4L * p * spatial, spatial, mean[c], t);
+            sumDy[c] += t[0];
+            sumDyXmu[c] += t[1];
+            if (++c == channels) {
+                c = 0;
+            }
+        }
+    }
+
+    /** One plane's sum(dy) into t[0] and sum((x - mean) dy) into t[1]. */
+    private static void planeGradientSums(MemorySegment x, MemorySegment dy, long base,
+                                          long spatial, double mean, double[] t) {
+        if (DL == 8) {
+            gradientSums4(x, dy, base, spatial, mean, t);
+        } else if (DL == 4) {
+            gradientSums8(x, dy, base, spatial, mean, t);
+        } else {
+            gradientSumsAnyWidth(x, dy, base, spatial, mean, t);
+        }
+    }
+
+    private static void gradientSums4(MemorySegment x, MemorySegment dy, long base, long spatial,
+                                      double mean, double[] t) {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         DoubleVector z = DoubleVector.zero(DOUBLES);
         DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
         DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
-        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + rowsBytes;
-            for (long o = base; o < end; o += ROW_BYTES) {
+        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -291,40 +403,45 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
                 q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
-            }
-            if (end < base + halfBytes) {        // a half row: lanes 0..15
-                long o = end;
+        }
+        if (end < half) {                 // a half row: lanes 0..15
+            long o = end;
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
                 DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
                 q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
-            }
-            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
         }
-        s0.intoArray(lanes, 0 * DL);
-        s1.intoArray(lanes, 1 * DL);
-        s2.intoArray(lanes, 2 * DL);
-        s3.intoArray(lanes, 3 * DL);
-        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
-        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
-        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
-        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double g = dy.get(F32, o);
+            double d = (double) x.get(F32, o) - mean;
+            t1 += g;
+            t2 = Math.fma(d, g, t2);
+        }
+        // LaneTree's order in registers: halves added lane by lane, then within the vector.
+        DoubleVector s = s0.add(s2).add(s1.add(s3));
+        s = s.add(s.rearrange(HALF_UP));
+        s = s.add(s.rearrange(QUARTER_UP));
+        s = s.add(s.rearrange(EIGHTH_UP));
+        DoubleVector q = q0.add(q2).add(q1.add(q3));
+        q = q.add(q.rearrange(HALF_UP));
+        q = q.add(q.rearrange(QUARTER_UP));
+        q = q.add(q.rearrange(EIGHTH_UP));
+        t[0] = s.lane(0) + t1;
+        t[1] = q.lane(0) + t2;
     }
 
-    private static void gradientSums8(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
-                              long spatial, double mean, double[] lanes, double[] tail) {
+    private static void gradientSums8(MemorySegment x, MemorySegment dy, long base, long spatial,
+                                      double mean, double[] t) {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         DoubleVector z = DoubleVector.zero(DOUBLES);
         DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
         DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + rowsBytes;
-            for (long o = base; o < end; o += ROW_BYTES) {
+        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -349,9 +466,9 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s7 = s7.add(g7);
                 q7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g7, q7);
-            }
-            if (end < base + halfBytes) {        // a half row: lanes 0..15
-                long o = end;
+        }
+        if (end < half) {                 // a half row: lanes 0..15
+            long o = end;
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -364,87 +481,47 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
                 q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
-            }
-            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
         }
-        s0.intoArray(lanes, 0 * DL);
-        s1.intoArray(lanes, 1 * DL);
-        s2.intoArray(lanes, 2 * DL);
-        s3.intoArray(lanes, 3 * DL);
-        s4.intoArray(lanes, 4 * DL);
-        s5.intoArray(lanes, 5 * DL);
-        s6.intoArray(lanes, 6 * DL);
-        s7.intoArray(lanes, 7 * DL);
-        q0.intoArray(lanes, VIRTUAL_LANES + 0 * DL);
-        q1.intoArray(lanes, VIRTUAL_LANES + 1 * DL);
-        q2.intoArray(lanes, VIRTUAL_LANES + 2 * DL);
-        q3.intoArray(lanes, VIRTUAL_LANES + 3 * DL);
-        q4.intoArray(lanes, VIRTUAL_LANES + 4 * DL);
-        q5.intoArray(lanes, VIRTUAL_LANES + 5 * DL);
-        q6.intoArray(lanes, VIRTUAL_LANES + 6 * DL);
-        q7.intoArray(lanes, VIRTUAL_LANES + 7 * DL);
-    }
-
-    /** Any width (128 bits in tests): the 32 lanes live in {@code lanes}, updated row by row. */
-    private static void momentsAnyWidth(MemorySegment x, long first, long stride, int planes,
-                                        long spatial, double shift, double[] lanes, double[] tail) {
-        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long o = base; o < base + halfBytes; o += 4L * DL) {
-                int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
-                DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
-                DoubleVector.fromArray(DOUBLES, lanes, lane).add(d).intoArray(lanes, lane);
-                d.fma(d, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
-                        .intoArray(lanes, VIRTUAL_LANES + lane);
-            }
-            momentsTail(x, base + halfBytes, base + 4 * spatial, shift, tail);
-        }
-    }
-
-    /** Any width: as {@link #momentsAnyWidth}, for the gradient sums. */
-    private static void gradientSumsAnyWidth(MemorySegment x, MemorySegment dy, long first,
-                                             long stride, int planes, long spatial, double mean,
-                                             double[] lanes, double[] tail) {
-        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
-        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long o = base; o < base + halfBytes; o += 4L * DL) {
-                int lane = (int) ((o - base) / 4 % VIRTUAL_LANES);
-                DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
-                DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
-                ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane))
-                        .intoArray(lanes, VIRTUAL_LANES + lane);
-            }
-            gradientTail(x, dy, base + halfBytes, base + 4 * spatial, mean, tail);
-        }
-    }
-
-    /** The plane's tail (fewer than 16 values), in order, into tail[0] and tail[1]. */
-    private static void momentsTail(MemorySegment x, long from, long to, double shift, double[] tail) {
-        double t1 = tail[0], t2 = tail[1];
-        for (long o = from; o < to; o += 4) {
-            double d = (double) x.get(F32, o) - shift;
-            t1 += d;
-            t2 = Math.fma(d, d, t2);
-        }
-        tail[0] = t1;
-        tail[1] = t2;
-    }
-
-    private static void gradientTail(MemorySegment x, MemorySegment dy, long from, long to,
-                                     double mean, double[] tail) {
-        double t1 = tail[0], t2 = tail[1];
-        for (long o = from; o < to; o += 4) {
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
             double g = dy.get(F32, o);
             double d = (double) x.get(F32, o) - mean;
             t1 += g;
             t2 = Math.fma(d, g, t2);
         }
-        tail[0] = t1;
-        tail[1] = t2;
+        // LaneTree's order in registers: halves added lane by lane, then within the vector.
+        DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
+        s = s.add(s.rearrange(HALF_UP));
+        s = s.add(s.rearrange(QUARTER_UP));
+        DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
+        q = q.add(q.rearrange(HALF_UP));
+        q = q.add(q.rearrange(QUARTER_UP));
+        t[0] = s.lane(0) + t1;
+        t[1] = q.lane(0) + t2;
+    }
+
+    /** Any width: as {@link #momentsAnyWidth}, for the gradient sums. */
+    private static void gradientSumsAnyWidth(MemorySegment x, MemorySegment dy, long base,
+                                             long spatial, double mean, double[] t) {
+        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < half; o += 4L * DL) {
+            int lane = 2 + (int) ((o - base) / 4 % VIRTUAL_LANES);
+            DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+            DoubleVector.fromArray(DOUBLES, t, lane).add(g).intoArray(t, lane);
+            ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, t, VIRTUAL_LANES + lane))
+                    .intoArray(t, VIRTUAL_LANES + lane);
+        }
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double g = dy.get(F32, o);
+            double d = (double) x.get(F32, o) - mean;
+            t1 += g;
+            t2 = Math.fma(d, g, t2);
+        }
+        t[0] = LaneTree.combine(t, 2, t1);
+        t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
     @Override
@@ -460,13 +537,51 @@ final class VectorKernels implements BatchNormKernels {
             long base = first + p * stride;
             long end = base + bodyBytes;
             for (long o = base; o < end; o += 4L * FL) {
-                FloatVector g = load(dy, o);
-                load(x, o).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
+                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
             }
             for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
                 float g = dy.get(F32, o);
                 dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(g, a, c)));
             }
+        }
+    }
+
+    /** Planes in memory order, one flat stream as in {@link #planesNormalize}. */
+    @Override
+    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                    int channels, long spatial, int p0, int p1, float[] mean,
+                                    float[] a, float[] b, float[] c) {
+        if (spatial < FL) {
+            for (int p = p0, ch = p0 % channels; p < p1; p++) {
+                planeGradientInput(x, dy, dx, 4L * p * spatial, 0, 1, spatial, mean[ch], a[ch],
+                        b[ch], c[ch]);
+                if (++ch == channels) {
+                    ch = 0;
+                }
+            }
+            return;
+        }
+        long end = 4L * p1 * spatial;
+        long o = 4L * p0 * spatial;
+        int ch = p0 % channels;
+        long left = spatial;                       // floats of plane ch from o on
+        for (; o <= end - 4L * FL; o += 4L * FL) {
+            int next = ch + 1 == channels ? 0 : ch + 1;
+            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            FloatVector m = FloatVector.broadcast(FLOATS, mean[ch]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
+            FloatVector av = FloatVector.broadcast(FLOATS, a[ch]).blend(FloatVector.broadcast(FLOATS, a[next]), upper);
+            FloatVector bv = FloatVector.broadcast(FLOATS, b[ch]).blend(FloatVector.broadcast(FLOATS, b[next]), upper);
+            FloatVector cv = FloatVector.broadcast(FLOATS, c[ch]).blend(FloatVector.broadcast(FLOATS, c[next]), upper);
+            FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
+            boolean crossed = left <= FL;
+            left = crossed ? left + spatial - FL : left - FL;
+            ch = crossed ? next : ch;
+        }
+        for (; o < end; o += 4) {
+            float g = dy.get(F32, o);
+            dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
         }
     }
 
@@ -588,7 +703,7 @@ final class VectorKernels implements BatchNormKernels {
                 FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
                 FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
                 FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
-                load(x, o).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
             }
             for (int c = vectorEnd; c < c1; c++) {
                 long o = base + 4L * c;
@@ -716,8 +831,8 @@ final class VectorKernels implements BatchNormKernels {
                 FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
                 FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
                 FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
-                FloatVector g = load(dy, o);
-                load(x, o).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
+                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
             }
             for (int ch = vectorEnd; ch < c1; ch++) {
                 long o = base + 4L * ch;
