@@ -106,52 +106,61 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
                              float shift, double[] out) {
-        double[] t = new double[SCRATCH];
-        double s1 = 0, s2 = 0;
-        for (int p = 0; p < planes; p++) {
-            planeMoments(x, first + p * stride, spatial, shift, t);
-            s1 += t[0];
-            s2 += t[1];
-        }
-        out[0] = s1;
-        out[1] = s2;
+        double[] sums = new double[1], squares = new double[1];
+        moments(x, first, stride, planes, spatial, 1, 0, 0, new double[] {shift}, sums, squares);
+        out[0] = sums[0];
+        out[1] = squares[0];
     }
 
     @Override
     public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
                               double[] shift, double[] s1, double[] s2) {
-        double[] t = new double[SCRATCH];
-        for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeMoments(x, 4L * p * spatial, spatial, shift[c], t);
-            s1[c] += t[0];
-            s2[c] += t[1];
-            if (++c == channels) {
-                c = 0;
+        moments(x, 4L * p0 * spatial, 4L * spatial, p1 - p0, spatial, channels, p0 % channels, 1,
+                shift, s1, s2);
+    }
+
+    /**
+     * The planes at {@code first + i * stride}, i in [0, count), of channels c, c + step, ...
+     * (modulo channels): adds each plane's shifted sums to {@code sums[c]} and
+     * {@code squares[c]}. One loop over the planes per width, so that a 49-value plane does not
+     * pay a call. C2 folds the width test.
+     */
+    private static void moments(MemorySegment x, long first, long stride, int count, long spatial,
+                                int channels, int c, int step, double[] shift, double[] sums,
+                                double[] squares) {
+        if (DL == 8) {
+            moments4(x, first, stride, count, spatial, channels, c, step, shift, sums, squares);
+        } else if (DL == 4) {
+            moments8(x, first, stride, count, spatial, channels, c, step, shift, sums, squares);
+        } else {
+            double[] t = new double[SCRATCH];
+            for (int i = 0; i < count; i++) {
+                momentsAnyWidth(x, first + i * stride, spatial, shift[c], t);
+                sums[c] += t[0];
+                squares[c] += t[1];
+                c += step;
+                if (c == channels) {
+                    c = 0;
+                }
             }
         }
     }
 
-    /** One plane's shifted sums into t[0] (sum d) and t[1] (sum d^2). C2 folds the width test. */
-    private static void planeMoments(MemorySegment x, long base, long spatial, double shift,
-                                     double[] t) {
-        if (DL == 8) {
-            moments4(x, base, spatial, shift, t);
-        } else if (DL == 4) {
-            moments8(x, base, spatial, shift, t);
-        } else {
-            momentsAnyWidth(x, base, spatial, shift, t);
-        }
-    }
-
-    private static void moments4(MemorySegment x, long base, long spatial, double shift,
-                                 double[] t) {
-        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+    private static void moments4(MemorySegment x, long first, long stride, int count,
+                                 long spatial, int channels, int c, int step, double[] shift,
+                                 double[] sums, double[] squares) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
-        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
-        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
-        for (long o = base; o < end; o += ROW_BYTES) {
+        for (int i = 0; i < count; i++) {
+            long base = first + i * stride;
+            double sh = shift[c];
+            DoubleVector k = DoubleVector.broadcast(DOUBLES, sh);
+            DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
+            DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
+            long end = base + rowsBytes;
+            long half = base + halfBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -164,44 +173,55 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
-        }
-        if (end < half) {                 // a half row: lanes 0..15
-            long o = end;
+            }
+            if (end < half) {                 // a half row: lanes 0..15
+                long o = end;
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
                 DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s1 = s1.add(d1);
                 q1 = d1.fma(d1, q1);
+            }
+            double t1 = 0, t2 = 0;
+            for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+                double d = (double) x.get(F32, o) - sh;
+                t1 += d;
+                t2 = Math.fma(d, d, t2);
+            }
+            // LaneTree's order in registers: halves added lane by lane, then within the vector.
+            DoubleVector s = s0.add(s2).add(s1.add(s3));
+            s = s.add(s.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            s = s.add(s.rearrange(EIGHTH_UP));
+            DoubleVector q = q0.add(q2).add(q1.add(q3));
+            q = q.add(q.rearrange(HALF_UP));
+            q = q.add(q.rearrange(QUARTER_UP));
+            q = q.add(q.rearrange(EIGHTH_UP));
+            sums[c] += s.lane(0) + t1;
+            squares[c] += q.lane(0) + t2;
+            c += step;
+            if (c == channels) {
+                c = 0;
+            }
         }
-        double t1 = 0, t2 = 0;
-        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
-            double d = (double) x.get(F32, o) - shift;
-            t1 += d;
-            t2 = Math.fma(d, d, t2);
-        }
-        // LaneTree's order in registers: halves added lane by lane, then within the vector.
-        DoubleVector s = s0.add(s2).add(s1.add(s3));
-        s = s.add(s.rearrange(HALF_UP));
-        s = s.add(s.rearrange(QUARTER_UP));
-        s = s.add(s.rearrange(EIGHTH_UP));
-        DoubleVector q = q0.add(q2).add(q1.add(q3));
-        q = q.add(q.rearrange(HALF_UP));
-        q = q.add(q.rearrange(QUARTER_UP));
-        q = q.add(q.rearrange(EIGHTH_UP));
-        t[0] = s.lane(0) + t1;
-        t[1] = q.lane(0) + t2;
     }
 
-    private static void moments8(MemorySegment x, long base, long spatial, double shift,
-                                 double[] t) {
-        DoubleVector k = DoubleVector.broadcast(DOUBLES, shift);
+    private static void moments8(MemorySegment x, long first, long stride, int count,
+                                 long spatial, int channels, int c, int step, double[] shift,
+                                 double[] sums, double[] squares) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
-        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
-        for (long o = base; o < end; o += ROW_BYTES) {
+        for (int i = 0; i < count; i++) {
+            long base = first + i * stride;
+            double sh = shift[c];
+            DoubleVector k = DoubleVector.broadcast(DOUBLES, sh);
+            DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
+            DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+            long end = base + rowsBytes;
+            long half = base + halfBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -226,9 +246,9 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s7 = s7.add(d7);
                 q7 = d7.fma(d7, q7);
-        }
-        if (end < half) {                 // a half row: lanes 0..15
-            long o = end;
+            }
+            if (end < half) {                 // a half row: lanes 0..15
+                long o = end;
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s0 = s0.add(d0);
                 q0 = d0.fma(d0, q0);
@@ -241,22 +261,27 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
                 s3 = s3.add(d3);
                 q3 = d3.fma(d3, q3);
+            }
+            double t1 = 0, t2 = 0;
+            for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+                double d = (double) x.get(F32, o) - sh;
+                t1 += d;
+                t2 = Math.fma(d, d, t2);
+            }
+            // LaneTree's order in registers: halves added lane by lane, then within the vector.
+            DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
+            s = s.add(s.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
+            q = q.add(q.rearrange(HALF_UP));
+            q = q.add(q.rearrange(QUARTER_UP));
+            sums[c] += s.lane(0) + t1;
+            squares[c] += q.lane(0) + t2;
+            c += step;
+            if (c == channels) {
+                c = 0;
+            }
         }
-        double t1 = 0, t2 = 0;
-        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
-            double d = (double) x.get(F32, o) - shift;
-            t1 += d;
-            t2 = Math.fma(d, d, t2);
-        }
-        // LaneTree's order in registers: halves added lane by lane, then within the vector.
-        DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
-        s = s.add(s.rearrange(HALF_UP));
-        s = s.add(s.rearrange(QUARTER_UP));
-        DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
-        q = q.add(q.rearrange(HALF_UP));
-        q = q.add(q.rearrange(QUARTER_UP));
-        t[0] = s.lane(0) + t1;
-        t[1] = q.lane(0) + t2;
     }
 
     /** Any width (128 bits in tests): the 32 lanes live in t[2, 66), updated row by row. */
@@ -407,53 +432,60 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
                                   int planes, long spatial, float mean, double[] out) {
-        double[] t = new double[SCRATCH];
-        double s1 = 0, s2 = 0;
-        for (int p = 0; p < planes; p++) {
-            planeGradientSums(x, dy, first + p * stride, spatial, mean, t);
-            s1 += t[0];
-            s2 += t[1];
-        }
-        out[0] = s1;
-        out[1] = s2;
+        double[] sumDy = new double[1], sumDyXmu = new double[1];
+        gradientSums(x, dy, first, stride, planes, spatial, 1, 0, 0, new double[] {mean}, sumDy,
+                sumDyXmu);
+        out[0] = sumDy[0];
+        out[1] = sumDyXmu[0];
     }
 
     @Override
     public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
                                    int p0, int p1, double[] mean, double[] sumDy,
                                    double[] sumDyXmu) {
-        double[] t = new double[SCRATCH];
-        for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeGradientSums(x, dy, 4L * p * spatial, spatial, mean[c], t);
-            sumDy[c] += t[0];
-            sumDyXmu[c] += t[1];
-            if (++c == channels) {
-                c = 0;
+        gradientSums(x, dy, 4L * p0 * spatial, 4L * spatial, p1 - p0, spatial, channels,
+                p0 % channels, 1, mean, sumDy, sumDyXmu);
+    }
+
+    /** As {@link #moments}, for the gradient sums. */
+    private static void gradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
+                                     int count, long spatial, int channels, int c, int step,
+                                     double[] mean, double[] sumDy, double[] sumDyXmu) {
+        if (DL == 8) {
+            gradientSums4(x, dy, first, stride, count, spatial, channels, c, step, mean, sumDy,
+                    sumDyXmu);
+        } else if (DL == 4) {
+            gradientSums8(x, dy, first, stride, count, spatial, channels, c, step, mean, sumDy,
+                    sumDyXmu);
+        } else {
+            double[] t = new double[SCRATCH];
+            for (int i = 0; i < count; i++) {
+                gradientSumsAnyWidth(x, dy, first + i * stride, spatial, mean[c], t);
+                sumDy[c] += t[0];
+                sumDyXmu[c] += t[1];
+                c += step;
+                if (c == channels) {
+                    c = 0;
+                }
             }
         }
     }
 
-    /** One plane's sum(dy) into t[0] and sum((x - mean) dy) into t[1]. */
-    private static void planeGradientSums(MemorySegment x, MemorySegment dy, long base,
-                                          long spatial, double mean, double[] t) {
-        if (DL == 8) {
-            gradientSums4(x, dy, base, spatial, mean, t);
-        } else if (DL == 4) {
-            gradientSums8(x, dy, base, spatial, mean, t);
-        } else {
-            gradientSumsAnyWidth(x, dy, base, spatial, mean, t);
-        }
-    }
-
-    private static void gradientSums4(MemorySegment x, MemorySegment dy, long base, long spatial,
-                                      double mean, double[] t) {
-        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+    private static void gradientSums4(MemorySegment x, MemorySegment dy, long first, long stride,
+                                      int count, long spatial, int channels, int c, int step,
+                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
-        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
-        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
-        for (long o = base; o < end; o += ROW_BYTES) {
+        for (int i = 0; i < count; i++) {
+            long base = first + i * stride;
+            double mu = mean[c];
+            DoubleVector m = DoubleVector.broadcast(DOUBLES, mu);
+            DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
+            DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
+            long end = base + rowsBytes;
+            long half = base + halfBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -466,45 +498,56 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
                 q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
-        }
-        if (end < half) {                 // a half row: lanes 0..15
-            long o = end;
+            }
+            if (end < half) {                 // a half row: lanes 0..15
+                long o = end;
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
                 DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s1 = s1.add(g1);
                 q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
+            }
+            double t1 = 0, t2 = 0;
+            for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+                double g = dy.get(F32, o);
+                double d = (double) x.get(F32, o) - mu;
+                t1 += g;
+                t2 = Math.fma(d, g, t2);
+            }
+            // LaneTree's order in registers: halves added lane by lane, then within the vector.
+            DoubleVector s = s0.add(s2).add(s1.add(s3));
+            s = s.add(s.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            s = s.add(s.rearrange(EIGHTH_UP));
+            DoubleVector q = q0.add(q2).add(q1.add(q3));
+            q = q.add(q.rearrange(HALF_UP));
+            q = q.add(q.rearrange(QUARTER_UP));
+            q = q.add(q.rearrange(EIGHTH_UP));
+            sumDy[c] += s.lane(0) + t1;
+            sumDyXmu[c] += q.lane(0) + t2;
+            c += step;
+            if (c == channels) {
+                c = 0;
+            }
         }
-        double t1 = 0, t2 = 0;
-        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
-            double g = dy.get(F32, o);
-            double d = (double) x.get(F32, o) - mean;
-            t1 += g;
-            t2 = Math.fma(d, g, t2);
-        }
-        // LaneTree's order in registers: halves added lane by lane, then within the vector.
-        DoubleVector s = s0.add(s2).add(s1.add(s3));
-        s = s.add(s.rearrange(HALF_UP));
-        s = s.add(s.rearrange(QUARTER_UP));
-        s = s.add(s.rearrange(EIGHTH_UP));
-        DoubleVector q = q0.add(q2).add(q1.add(q3));
-        q = q.add(q.rearrange(HALF_UP));
-        q = q.add(q.rearrange(QUARTER_UP));
-        q = q.add(q.rearrange(EIGHTH_UP));
-        t[0] = s.lane(0) + t1;
-        t[1] = q.lane(0) + t2;
     }
 
-    private static void gradientSums8(MemorySegment x, MemorySegment dy, long base, long spatial,
-                                      double mean, double[] t) {
-        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+    private static void gradientSums8(MemorySegment x, MemorySegment dy, long first, long stride,
+                                      int count, long spatial, int channels, int c, int step,
+                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         DoubleVector z = DoubleVector.zero(DOUBLES);
-        DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
-        DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
-        long end = base + 4 * (spatial - spatial % VIRTUAL_LANES);
-        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
-        for (long o = base; o < end; o += ROW_BYTES) {
+        for (int i = 0; i < count; i++) {
+            long base = first + i * stride;
+            double mu = mean[c];
+            DoubleVector m = DoubleVector.broadcast(DOUBLES, mu);
+            DoubleVector s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
+            DoubleVector q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;
+            long end = base + rowsBytes;
+            long half = base + halfBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -529,9 +572,9 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s7 = s7.add(g7);
                 q7 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 28L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g7, q7);
-        }
-        if (end < half) {                 // a half row: lanes 0..15
-            long o = end;
+            }
+            if (end < half) {                 // a half row: lanes 0..15
+                long o = end;
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s0 = s0.add(g0);
                 q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
@@ -544,23 +587,28 @@ final class VectorKernels implements BatchNormKernels {
                 DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
                 s3 = s3.add(g3);
                 q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
+            }
+            double t1 = 0, t2 = 0;
+            for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+                double g = dy.get(F32, o);
+                double d = (double) x.get(F32, o) - mu;
+                t1 += g;
+                t2 = Math.fma(d, g, t2);
+            }
+            // LaneTree's order in registers: halves added lane by lane, then within the vector.
+            DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
+            s = s.add(s.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
+            q = q.add(q.rearrange(HALF_UP));
+            q = q.add(q.rearrange(QUARTER_UP));
+            sumDy[c] += s.lane(0) + t1;
+            sumDyXmu[c] += q.lane(0) + t2;
+            c += step;
+            if (c == channels) {
+                c = 0;
+            }
         }
-        double t1 = 0, t2 = 0;
-        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
-            double g = dy.get(F32, o);
-            double d = (double) x.get(F32, o) - mean;
-            t1 += g;
-            t2 = Math.fma(d, g, t2);
-        }
-        // LaneTree's order in registers: halves added lane by lane, then within the vector.
-        DoubleVector s = s0.add(s4).add(s2.add(s6)).add(s1.add(s5).add(s3.add(s7)));
-        s = s.add(s.rearrange(HALF_UP));
-        s = s.add(s.rearrange(QUARTER_UP));
-        DoubleVector q = q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
-        q = q.add(q.rearrange(HALF_UP));
-        q = q.add(q.rearrange(QUARTER_UP));
-        t[0] = s.lane(0) + t1;
-        t[1] = q.lane(0) + t2;
     }
 
     /** Any width: as {@link #momentsAnyWidth}, for the gradient sums. */
