@@ -805,6 +805,10 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
                              int c0, int c1, float[] mean, float[] scale, float[] offset) {
+        if (FL == 16 && channels == 64 && c0 == 0 && c1 == 64) {
+            normalize64(x, y, row0, row1, mean, scale, offset);
+            return;
+        }
         long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
@@ -820,6 +824,34 @@ final class VectorKernels implements BatchNormKernels {
                 long o = base + 4L * c;
                 y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
             }
+        }
+    }
+
+    /**
+     * 64 channels (512 bits): the 12 parameter vectors stay in registers and a row is 4 vectors
+     * without an inner loop. Measured against the general loop (50x64x56x56, one thread): in
+     * place 1.35-1.49 vs 2.5-2.7 ms, 4x64x56x56 (cache-resident) 0.072 vs 0.194 ms, out of place
+     * from memory 3.5-3.7 vs 3.8-4.8 ms.
+     */
+    private static void normalize64(MemorySegment x, MemorySegment y, long row0, long row1,
+                                    float[] mean, float[] scale, float[] offset) {
+        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
+        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
+        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
+        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
+        FloatVector a0 = FloatVector.fromArray(FLOATS, scale, 0);
+        FloatVector a1 = FloatVector.fromArray(FLOATS, scale, 16);
+        FloatVector a2 = FloatVector.fromArray(FLOATS, scale, 32);
+        FloatVector a3 = FloatVector.fromArray(FLOATS, scale, 48);
+        FloatVector b0 = FloatVector.fromArray(FLOATS, offset, 0);
+        FloatVector b1 = FloatVector.fromArray(FLOATS, offset, 16);
+        FloatVector b2 = FloatVector.fromArray(FLOATS, offset, 32);
+        FloatVector b3 = FloatVector.fromArray(FLOATS, offset, 48);
+        for (long o = row0 * 256, end = row1 * 256; o < end; o += 256) {
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
         }
     }
 
@@ -932,6 +964,10 @@ final class VectorKernels implements BatchNormKernels {
     public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
                                  long row0, long row1, int c0, int c1, float[] mean, float[] a,
                                  float[] b, float[] c) {
+        if (FL == 16 && channels == 64 && c0 == 0 && c1 == 64) {
+            gradientInput64(x, dy, dx, row0, row1, mean, a, b, c);
+            return;
+        }
         long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
@@ -950,6 +986,38 @@ final class VectorKernels implements BatchNormKernels {
                 float g = dy.get(F32, o);
                 dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
             }
+        }
+    }
+
+    /** As {@link #normalize64}: 16 parameter vectors in registers, a row is 4 vectors. */
+    private static void gradientInput64(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                        long row0, long row1, float[] mean, float[] a, float[] b,
+                                        float[] c) {
+        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
+        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
+        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
+        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
+        FloatVector a0 = FloatVector.fromArray(FLOATS, a, 0);
+        FloatVector a1 = FloatVector.fromArray(FLOATS, a, 16);
+        FloatVector a2 = FloatVector.fromArray(FLOATS, a, 32);
+        FloatVector a3 = FloatVector.fromArray(FLOATS, a, 48);
+        FloatVector b0 = FloatVector.fromArray(FLOATS, b, 0);
+        FloatVector b1 = FloatVector.fromArray(FLOATS, b, 16);
+        FloatVector b2 = FloatVector.fromArray(FLOATS, b, 32);
+        FloatVector b3 = FloatVector.fromArray(FLOATS, b, 48);
+        FloatVector c0 = FloatVector.fromArray(FLOATS, c, 0);
+        FloatVector c1 = FloatVector.fromArray(FLOATS, c, 16);
+        FloatVector c2 = FloatVector.fromArray(FLOATS, c, 32);
+        FloatVector c3 = FloatVector.fromArray(FLOATS, c, 48);
+        for (long o = row0 * 256, end = row1 * 256; o < end; o += 256) {
+            FloatVector g0 = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(b0, g0.fma(a0, c0)).intoMemorySegment(dx, o, NATIVE);
+            FloatVector g1 = FloatVector.fromMemorySegment(FLOATS, dy, o + 64, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(b1, g1.fma(a1, c1)).intoMemorySegment(dx, o + 64, NATIVE);
+            FloatVector g2 = FloatVector.fromMemorySegment(FLOATS, dy, o + 128, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(b2, g2.fma(a2, c2)).intoMemorySegment(dx, o + 128, NATIVE);
+            FloatVector g3 = FloatVector.fromMemorySegment(FLOATS, dy, o + 192, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(b3, g3.fma(a3, c3)).intoMemorySegment(dx, o + 192, NATIVE);
         }
     }
 }
