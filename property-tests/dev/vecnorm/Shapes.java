@@ -19,11 +19,15 @@ final class Shapes {
 
     /**
      * Shapes with awkward sizes: spatial 1, primes, one below / at / above multiples of 16,
-     * ResNet's 7x7 = 49; channels up to 1000 (then with few values each); both layouts; M >= 2.
+     * ResNet's 7x7 = 49; channels up to 1000 (then with few values each), network-like counts
+     * among them; both layouts; M >= 2.
      */
     static Arbitrary<TensorShape> shapes() {
+        // Network-like counts (multiples of 16 and 64) reach the kernels' special cases, e.g.
+        // the NHWC register paths for 64 channels and for groups of 64.
         Arbitrary<Integer> channels = Arbitraries.frequencyOf(
                 net.jqwik.api.Tuple.of(6, Arbitraries.integers().between(1, 40)),
+                net.jqwik.api.Tuple.of(1, Arbitraries.of(16, 32, 48, 64, 128, 192, 256)),
                 net.jqwik.api.Tuple.of(1, Arbitraries.integers().between(41, 1000)));
         Arbitrary<Integer> batch = Arbitraries.integers().between(1, 6);
         Arbitrary<Long> spatial = Arbitraries.frequencyOf(
