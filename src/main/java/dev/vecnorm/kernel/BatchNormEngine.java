@@ -16,7 +16,7 @@ import java.util.concurrent.ExecutorService;
  * about {@link #CHUNK_ELEMENTS} tensor elements or more. Within a chunk each channel adds its
  * planes (rows) in order; the chunks' partial results are merged in chunk order. With kernels that agree bit for bit
  * (see {@link BatchNormKernels}), every output is therefore the same for every parallelism and
- * for both NCHW strategies (fused or two passes).
+ * for both NCHW strategies (channel blocks or two passes).
  */
 public final class BatchNormEngine {
 
@@ -29,8 +29,10 @@ public final class BatchNormEngine {
      */
     static final long PARALLEL_MIN_ELEMENTS = 1L << 16;
     static final int MAX_CHUNKS = 16;
-    static final long FUSED_MIN_PLANE_BYTES = 32 * 1024;
-    static final long FUSED_MIN_TENSOR_BYTES = 32L * 1024 * 1024;
+    /** NCHW tensors above this size run by channel blocks (see {@link #channelBlock}). */
+    static final long BLOCKED_MIN_TENSOR_BYTES = Long.getLong("vecnorm.blockedMin", 24L * 1024 * 1024);
+    /** Bytes of x a channel block spans, at most (fewer channels when one channel is more). */
+    static final long BLOCK_BYTES = Long.getLong("vecnorm.blockBytes", 4L * 1024 * 1024);
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private final BatchNormKernels kernels;
@@ -45,23 +47,24 @@ public final class BatchNormEngine {
     private final long units;
     private final int chunks;
     /**
-     * NCHW only: statistics and normalisation per channel, back to back, instead of a statistics
-     * pass and a transform pass in memory order. Both give the same bits; which is faster depends
-     * on the caches: fused reads each channel's slice from memory once, but walks strided planes.
-     * Measured on a 2-core Zen 4 (1 MiB L2, 32 MiB L3): fused wins only for large planes
-     * (>= 32 KiB, e.g. 112x112) in tensors beyond the L3 (50x64x112x112: 17.4 vs 20.8 ms); for
-     * 56x56 planes at 25.7 MB the passes take 2.8 ms against 4.0, for 7x7 planes 5.0 against 6.1.
+     * NCHW only: 0 for a statistics pass and a transform pass over the whole tensor in memory
+     * order; else the number of channels of a block, and each block runs its statistics and then
+     * its transform while its slice of x (and dy) is still in the caches: per image the block's
+     * planes are one contiguous run. Same bits either way (same chunks, same order per channel).
      */
-    private final boolean fused;
+    private final int channelBlock;
 
     public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
                            int parallelism, ExecutorService executor) {
         this(kernels, shape, epsilon, parallelism, executor, null);
     }
 
-    /** Tests: {@code fusedOverride} forces the NCHW strategy (null: chosen by size). */
+    /**
+     * Tests: {@code blockOverride} forces the NCHW strategy: 0 two passes, else channels per
+     * block (null: chosen by size).
+     */
     BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon, int parallelism,
-                    ExecutorService executor, Boolean fusedOverride) {
+                    ExecutorService executor, Integer blockOverride) {
         if ((long) shape.batch() * shape.channels() > Integer.MAX_VALUE / 2) {
             // Planes and per-plane partial sums are counted and indexed with ints.
             throw new IllegalArgumentException("shape: expected batch * channels <= "
@@ -79,8 +82,13 @@ public final class BatchNormEngine {
         this.units = nchw ? n : m;
         long wanted = Math.ceilDiv(shape.elements(), CHUNK_ELEMENTS);
         this.chunks = (int) Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
-        this.fused = nchw && (fusedOverride != null ? fusedOverride
-                : 4 * spatial >= FUSED_MIN_PLANE_BYTES && 4 * shape.elements() > FUSED_MIN_TENSOR_BYTES);
+        int block = 0;
+        if (nchw && blockOverride != null) {
+            block = Math.min(blockOverride, channels);
+        } else if (nchw && 4 * shape.elements() > BLOCKED_MIN_TENSOR_BYTES) {
+            block = (int) Math.max(1, Math.min(channels, BLOCK_BYTES / (4L * n * spatial)));
+        }
+        this.channelBlock = block;
     }
 
     /** The kernels this engine calls. */
@@ -98,14 +106,31 @@ public final class BatchNormEngine {
         float[] mu = new float[channels];
         float[] scale = new float[channels];
         float[] offset = new float[channels];
-        if (fused && channels >= workers.parallelism()) {
-            // One task per channel: statistics, then the normalisation while the slice is cached.
+        if (channelBlock > 0) {
             ChannelMoments moments = new ChannelMoments(channels);
-            workers.run(channels, c -> {
-                reduceChannel(x, c, moments);
-                trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
-                kernels.planeNormalize(x, y, planeOffset(0, c), planeStride(), n, spatial, mu[c],
-                        scale[c], offset[c]);
+            double[] shift = shifts(x);
+            workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
+                int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
+                double[] s1 = new double[channels], s2 = new double[channels];
+                for (int k = 0; k < chunks; k++) {
+                    for (int img = (int) start(k); img < start(k + 1); img++) {
+                        kernels.planesMoments(x, channels, spatial, img * channels + c0,
+                                img * channels + c1, shift, s1, s2);
+                    }
+                    long values = (start(k + 1) - start(k)) * spatial;
+                    for (int c = c0; c < c1; c++) {
+                        moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
+                        s1[c] = 0;
+                        s2[c] = 0;
+                    }
+                }
+                for (int c = c0; c < c1; c++) {
+                    trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
+                }
+                for (int img = 0; img < n; img++) {
+                    kernels.planesNormalize(x, y, channels, spatial, img * channels + c0,
+                            img * channels + c1, mu, scale, offset);
+                }
             });
             return;
         }
@@ -119,10 +144,7 @@ public final class BatchNormEngine {
     /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
     private ChannelMoments statistics(MemorySegment x) {
         ChannelMoments moments = new ChannelMoments(channels);
-        double[] shift = new double[channels];
-        for (int c = 0; c < channels; c++) {
-            shift[c] = shiftOf(x, c);
-        }
+        double[] shift = shifts(x);
         // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
         // row after row); partial sums per chunk and channel, merged in chunk order.
         double[][] s1 = new double[chunks][channels];
@@ -141,18 +163,6 @@ public final class BatchNormEngine {
             }
         }
         return moments;
-    }
-
-    /** The same chunks, kernel calls and merge order as {@link #statistics}, for one channel. */
-    private void reduceChannel(MemorySegment x, int c, ChannelMoments moments) {
-        float shift = shiftOf(x, c);
-        double[] out = new double[2];
-        for (int k = 0; k < chunks; k++) {
-            int planes = (int) (start(k + 1) - start(k));
-            kernels.planeMoments(x, planeOffset(start(k), c), planeStride(), planes, spatial, shift,
-                    out);
-            moments.mergeShiftedSums(c, planes * spatial, shift, out[0], out[1]);
-        }
     }
 
     private void trainingParameters(int c, ChannelMoments moments, float[] g, float[] b,
@@ -234,20 +244,31 @@ public final class BatchNormEngine {
         float[] var = channelVector(variance, 0f);
         boolean sums = !frozen || dgamma != null || dbeta != null;
         float[] a = new float[channels], bb = new float[channels], cc = new float[channels];
-        if (fused && !frozen && channels >= workers.parallelism()) {
-            // One task per channel: sums, then dx while the channel's x and dy are cached.
-            workers.run(channels, c -> {
-                double[] out = new double[2];
-                double sumDy = 0, sumDyXmu = 0;
+        if (channelBlock > 0 && !frozen) {
+            double[] meanD = widen(mu);
+            workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
+                int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
+                double[] s1 = new double[channels], s2 = new double[channels];
+                double[] sumDy = new double[channels], sumDyXmu = new double[channels];
                 for (int k = 0; k < chunks; k++) {
-                    kernels.planeGradientSums(x, dy, planeOffset(start(k), c), planeStride(),
-                            (int) (start(k + 1) - start(k)), spatial, mu[c], out);
-                    sumDy += out[0];
-                    sumDyXmu += out[1];
+                    for (int img = (int) start(k); img < start(k + 1); img++) {
+                        kernels.planesGradientSums(x, dy, channels, spatial, img * channels + c0,
+                                img * channels + c1, meanD, s1, s2);
+                    }
+                    for (int c = c0; c < c1; c++) {
+                        sumDy[c] += s1[c];
+                        sumDyXmu[c] += s2[c];
+                        s1[c] = 0;
+                        s2[c] = 0;
+                    }
                 }
-                gradientCoefficients(c, g, var, sumDy, sumDyXmu, dgamma, dbeta, a, bb, cc);
-                kernels.planeGradientInput(x, dy, dx, planeOffset(0, c), planeStride(), n, spatial,
-                        mu[c], a[c], bb[c], cc[c]);
+                for (int c = c0; c < c1; c++) {
+                    gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
+                }
+                for (int img = 0; img < n; img++) {
+                    kernels.planesGradientInput(x, dy, dx, channels, spatial, img * channels + c0,
+                            img * channels + c1, mu, a, bb, cc);
+                }
             });
             return;
         }
@@ -300,10 +321,7 @@ public final class BatchNormEngine {
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
     private void gradientSums(MemorySegment x, MemorySegment dy, float[] mu, double[] sumDy,
                               double[] sumDyXmu) {
-        double[] meanD = new double[channels];
-        for (int c = 0; c < channels; c++) {
-            meanD[c] = mu[c];
-        }
+        double[] meanD = widen(mu);
         double[][] s1 = new double[chunks][channels];
         double[][] s2 = new double[chunks][channels];
         if (nchw) {
@@ -323,17 +341,26 @@ public final class BatchNormEngine {
 
     // ---------------------------------------------------------------------------------- helpers
 
+    /** Every channel's shift (see {@link #shiftOf}). */
+    private double[] shifts(MemorySegment x) {
+        double[] shift = new double[channels];
+        for (int c = 0; c < channels; c++) {
+            shift[c] = shiftOf(x, c);
+        }
+        return shift;
+    }
+
+    private static double[] widen(float[] v) {
+        double[] d = new double[v.length];
+        for (int i = 0; i < v.length; i++) {
+            d[i] = v[i];
+        }
+        return d;
+    }
+
     /** The channel's first value: the shift of its shifted sums (see {@link ChannelMoments}). */
     private float shiftOf(MemorySegment x, int c) {
         return x.getAtIndex(F32, nchw ? (long) c * spatial : c);
-    }
-
-    private long planeStride() {
-        return 4L * channels * spatial;
-    }
-
-    private long planeOffset(long plane, int c) {
-        return 4L * (plane * channels + c) * spatial;
     }
 
     /** The first image (NCHW) or row (NHWC) of chunk k; k = chunks gives the end. */

@@ -14,8 +14,8 @@ import java.lang.foreign.MemorySegment;
  *       {@link #VIRTUAL_LANES} = 32; the rest (fewer than 16, the plane's tail) goes to one tail
  *       accumulator; each lane and the tail start at 0 and add in element order, in double. The
  *       lanes are combined by the tree in {@link LaneTree#combine}, then the tail is added. A
- *       call adds its planes' results in plane order, starting from 0 ({@code plane*}) or from
- *       the caller's accumulators ({@code planes*}). (32 lanes give four independent chains of
+ *       call adds its planes' results to the caller's per-channel accumulators, in plane order.
+ *       (32 lanes give four independent chains of
  *       additions per quantity at 512 bits, which the latency of double adds needs; a half row
  *       of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
  *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
@@ -34,32 +34,6 @@ public interface BatchNormKernels {
 
     /** Human-readable name, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
     String description();
-
-    // ---- NCHW: one channel, planes [0, planes) starting at byte 'first', 'stride' bytes apart ----
-
-    /**
-     * Shifted sums of one channel's planes: {@code out[0] = sum(x - shift)},
-     * {@code out[1] = sum((x - shift)^2)}, in double (the shift keeps the sums free of
-     * cancellation when |mean| is much larger than the standard deviation).
-     */
-    void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
-                      float shift, double[] out);
-
-    /** {@code y = fma(x - mean, scale, offset)} over one channel's planes. */
-    void planeNormalize(MemorySegment x, MemorySegment y, long first, long stride, int planes,
-                        long spatial, float mean, float scale, float offset);
-
-    /**
-     * Gradient sums of one channel's planes: {@code out[0] = sum(dy)},
-     * {@code out[1] = sum((x - mean) * dy)}, in double.
-     */
-    void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride, int planes,
-                           long spatial, float mean, double[] out);
-
-    /** {@code dx = fma(x - mean, b, fma(dy, a, c))} over one channel's planes. */
-    void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
-                            long stride, int planes, long spatial, float mean, float a, float b,
-                            float c);
 
     // ---- NCHW in memory order: planes [p0, p1) of the tensor, plane p is channel p % channels ----
 

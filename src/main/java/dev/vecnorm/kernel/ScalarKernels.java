@@ -23,20 +23,6 @@ public final class ScalarKernels implements BatchNormKernels {
     private static final int SCRATCH = 2 + 2 * LANES;
 
     @Override
-    public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
-                             float shift, double[] out) {
-        double[] t = new double[SCRATCH];
-        double s1 = 0, s2 = 0;
-        for (int p = 0; p < planes; p++) {
-            planeMoments(x, first + p * stride, spatial, shift, t);
-            s1 += t[0];
-            s2 += t[1];
-        }
-        out[0] = s1;
-        out[1] = s2;
-    }
-
-    @Override
     public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
                               double[] shift, double[] s1, double[] s2) {
         double[] t = new double[SCRATCH];
@@ -70,15 +56,11 @@ public final class ScalarKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
-    @Override
-    public void planeNormalize(MemorySegment x, MemorySegment y, long first, long stride,
-                               int planes, long spatial, float mean, float scale, float offset) {
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long s = 0; s < spatial; s++) {
-                long at = base + 4 * s;
-                y.set(F32, at, Math.fma(x.get(F32, at) - mean, scale, offset));
-            }
+    private static void planeNormalize(MemorySegment x, MemorySegment y, long base, long spatial,
+                                       float mean, float scale, float offset) {
+        for (long s = 0; s < spatial; s++) {
+            long at = base + 4 * s;
+            y.set(F32, at, Math.fma(x.get(F32, at) - mean, scale, offset));
         }
     }
 
@@ -86,25 +68,11 @@ public final class ScalarKernels implements BatchNormKernels {
     public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
                                 int p0, int p1, float[] mean, float[] scale, float[] offset) {
         for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeNormalize(x, y, 4L * p * spatial, 0, 1, spatial, mean[c], scale[c], offset[c]);
+            planeNormalize(x, y, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
             if (++c == channels) {
                 c = 0;
             }
         }
-    }
-
-    @Override
-    public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
-                                  int planes, long spatial, float mean, double[] out) {
-        double[] t = new double[SCRATCH];
-        double s1 = 0, s2 = 0;
-        for (int p = 0; p < planes; p++) {
-            planeGradientSums(x, dy, first + p * stride, spatial, mean, t);
-            s1 += t[0];
-            s2 += t[1];
-        }
-        out[0] = s1;
-        out[1] = s2;
     }
 
     @Override
@@ -147,17 +115,13 @@ public final class ScalarKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
-    @Override
-    public void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
-                                   long stride, int planes, long spatial, float mean, float a,
-                                   float b, float c) {
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            for (long s = 0; s < spatial; s++) {
-                long at = base + 4 * s;
-                float g = dy.get(F32, at);
-                dx.set(F32, at, Math.fma(x.get(F32, at) - mean, b, Math.fma(g, a, c)));
-            }
+    private static void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                           long base, long spatial, float mean, float a, float b,
+                                           float c) {
+        for (long s = 0; s < spatial; s++) {
+            long at = base + 4 * s;
+            float g = dy.get(F32, at);
+            dx.set(F32, at, Math.fma(x.get(F32, at) - mean, b, Math.fma(g, a, c)));
         }
     }
 
@@ -166,8 +130,7 @@ public final class ScalarKernels implements BatchNormKernels {
                                     int channels, long spatial, int p0, int p1, float[] mean,
                                     float[] a, float[] b, float[] c) {
         for (int p = p0, ch = p0 % channels; p < p1; p++) {
-            planeGradientInput(x, dy, dx, 4L * p * spatial, 0, 1, spatial, mean[ch], a[ch], b[ch],
-                    c[ch]);
+            planeGradientInput(x, dy, dx, 4L * p * spatial, spatial, mean[ch], a[ch], b[ch], c[ch]);
             if (++ch == channels) {
                 ch = 0;
             }

@@ -104,42 +104,32 @@ final class VectorKernels implements BatchNormKernels {
     private static final int SCRATCH = 2 + 2 * VIRTUAL_LANES;
 
     @Override
-    public void planeMoments(MemorySegment x, long first, long stride, int planes, long spatial,
-                             float shift, double[] out) {
-        double[] sums = new double[1], squares = new double[1];
-        moments(x, first, stride, planes, spatial, 1, 0, 0, new double[] {shift}, sums, squares);
-        out[0] = sums[0];
-        out[1] = squares[0];
-    }
-
-    @Override
     public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
                               double[] shift, double[] s1, double[] s2) {
-        moments(x, 4L * p0 * spatial, 4L * spatial, p1 - p0, spatial, channels, p0 % channels, 1,
+        moments(x, 4L * p0 * spatial, 4L * spatial, p1 - p0, spatial, channels, p0 % channels,
                 shift, s1, s2);
     }
 
     /**
-     * The planes at {@code first + i * stride}, i in [0, count), of channels c, c + step, ...
+     * The planes at {@code first + i * stride}, i in [0, count), of channels c, c + 1, ...
      * (modulo channels): adds each plane's shifted sums to {@code sums[c]} and
      * {@code squares[c]}. One loop over the planes per width, so that a 49-value plane does not
      * pay a call. C2 folds the width test.
      */
     private static void moments(MemorySegment x, long first, long stride, int count, long spatial,
-                                int channels, int c, int step, double[] shift, double[] sums,
+                                int channels, int c, double[] shift, double[] sums,
                                 double[] squares) {
         if (DL == 8) {
-            moments4(x, first, stride, count, spatial, channels, c, step, shift, sums, squares);
+            moments4(x, first, stride, count, spatial, channels, c, shift, sums, squares);
         } else if (DL == 4) {
-            moments8(x, first, stride, count, spatial, channels, c, step, shift, sums, squares);
+            moments8(x, first, stride, count, spatial, channels, c, shift, sums, squares);
         } else {
             double[] t = new double[SCRATCH];
             for (int i = 0; i < count; i++) {
                 momentsAnyWidth(x, first + i * stride, spatial, shift[c], t);
                 sums[c] += t[0];
                 squares[c] += t[1];
-                c += step;
-                if (c == channels) {
+                if (++c == channels) {
                     c = 0;
                 }
             }
@@ -147,7 +137,7 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     private static void moments4(MemorySegment x, long first, long stride, int count,
-                                 long spatial, int channels, int c, int step, double[] shift,
+                                 long spatial, int channels, int c, double[] shift,
                                  double[] sums, double[] squares) {
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
@@ -200,15 +190,14 @@ final class VectorKernels implements BatchNormKernels {
             q = q.add(q.rearrange(EIGHTH_UP));
             sums[c] += s.lane(0) + t1;
             squares[c] += q.lane(0) + t2;
-            c += step;
-            if (c == channels) {
+            if (++c == channels) {
                 c = 0;
             }
         }
     }
 
     private static void moments8(MemorySegment x, long first, long stride, int count,
-                                 long spatial, int channels, int c, int step, double[] shift,
+                                 long spatial, int channels, int c, double[] shift,
                                  double[] sums, double[] squares) {
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
@@ -277,8 +266,7 @@ final class VectorKernels implements BatchNormKernels {
             q = q.add(q.rearrange(QUARTER_UP));
             sums[c] += s.lane(0) + t1;
             squares[c] += q.lane(0) + t2;
-            c += step;
-            if (c == channels) {
+            if (++c == channels) {
                 c = 0;
             }
         }
@@ -307,22 +295,11 @@ final class VectorKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
-    @Override
-    public void planeNormalize(MemorySegment x, MemorySegment y, long first, long stride,
-                               int planes, long spatial, float mean, float scale, float offset) {
-        FloatVector m = FloatVector.broadcast(FLOATS, mean);
-        FloatVector a = FloatVector.broadcast(FLOATS, scale);
-        FloatVector b = FloatVector.broadcast(FLOATS, offset);
-        long bodyBytes = 4 * (spatial - spatial % FL);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + bodyBytes;
-            for (long o = base; o < end; o += 4L * FL) {
-                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
-            }
-            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
-                y.set(F32, o, Math.fma(x.get(F32, o) - mean, scale, offset));
-            }
+    /** One plane shorter than a vector. */
+    private static void planeNormalize(MemorySegment x, MemorySegment y, long base, long spatial,
+                                       float mean, float scale, float offset) {
+        for (long o = base, end = base + 4 * spatial; o < end; o += 4) {
+            y.set(F32, o, Math.fma(x.get(F32, o) - mean, scale, offset));
         }
     }
 
@@ -342,7 +319,7 @@ final class VectorKernels implements BatchNormKernels {
                                 int p0, int p1, float[] mean, float[] scale, float[] offset) {
         if (spatial < FL) {
             for (int p = p0, c = p0 % channels; p < p1; p++) {
-                planeNormalize(x, y, 4L * p * spatial, 0, 1, spatial, mean[c], scale[c], offset[c]);
+                planeNormalize(x, y, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
                 if (++c == channels) {
                     c = 0;
                 }
@@ -430,32 +407,22 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     @Override
-    public void planeGradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
-                                  int planes, long spatial, float mean, double[] out) {
-        double[] sumDy = new double[1], sumDyXmu = new double[1];
-        gradientSums(x, dy, first, stride, planes, spatial, 1, 0, 0, new double[] {mean}, sumDy,
-                sumDyXmu);
-        out[0] = sumDy[0];
-        out[1] = sumDyXmu[0];
-    }
-
-    @Override
     public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
                                    int p0, int p1, double[] mean, double[] sumDy,
                                    double[] sumDyXmu) {
         gradientSums(x, dy, 4L * p0 * spatial, 4L * spatial, p1 - p0, spatial, channels,
-                p0 % channels, 1, mean, sumDy, sumDyXmu);
+                p0 % channels, mean, sumDy, sumDyXmu);
     }
 
     /** As {@link #moments}, for the gradient sums. */
     private static void gradientSums(MemorySegment x, MemorySegment dy, long first, long stride,
-                                     int count, long spatial, int channels, int c, int step,
+                                     int count, long spatial, int channels, int c,
                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
         if (DL == 8) {
-            gradientSums4(x, dy, first, stride, count, spatial, channels, c, step, mean, sumDy,
+            gradientSums4(x, dy, first, stride, count, spatial, channels, c, mean, sumDy,
                     sumDyXmu);
         } else if (DL == 4) {
-            gradientSums8(x, dy, first, stride, count, spatial, channels, c, step, mean, sumDy,
+            gradientSums8(x, dy, first, stride, count, spatial, channels, c, mean, sumDy,
                     sumDyXmu);
         } else {
             double[] t = new double[SCRATCH];
@@ -463,8 +430,7 @@ final class VectorKernels implements BatchNormKernels {
                 gradientSumsAnyWidth(x, dy, first + i * stride, spatial, mean[c], t);
                 sumDy[c] += t[0];
                 sumDyXmu[c] += t[1];
-                c += step;
-                if (c == channels) {
+                if (++c == channels) {
                     c = 0;
                 }
             }
@@ -472,7 +438,7 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     private static void gradientSums4(MemorySegment x, MemorySegment dy, long first, long stride,
-                                      int count, long spatial, int channels, int c, int step,
+                                      int count, long spatial, int channels, int c,
                                       double[] mean, double[] sumDy, double[] sumDyXmu) {
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
@@ -526,15 +492,14 @@ final class VectorKernels implements BatchNormKernels {
             q = q.add(q.rearrange(EIGHTH_UP));
             sumDy[c] += s.lane(0) + t1;
             sumDyXmu[c] += q.lane(0) + t2;
-            c += step;
-            if (c == channels) {
+            if (++c == channels) {
                 c = 0;
             }
         }
     }
 
     private static void gradientSums8(MemorySegment x, MemorySegment dy, long first, long stride,
-                                      int count, long spatial, int channels, int c, int step,
+                                      int count, long spatial, int channels, int c,
                                       double[] mean, double[] sumDy, double[] sumDyXmu) {
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
         long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
@@ -604,8 +569,7 @@ final class VectorKernels implements BatchNormKernels {
             q = q.add(q.rearrange(QUARTER_UP));
             sumDy[c] += s.lane(0) + t1;
             sumDyXmu[c] += q.lane(0) + t2;
-            c += step;
-            if (c == channels) {
+            if (++c == channels) {
                 c = 0;
             }
         }
@@ -635,26 +599,13 @@ final class VectorKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
-    @Override
-    public void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long first,
-                                   long stride, int planes, long spatial, float mean, float a,
-                                   float b, float c) {
-        FloatVector m = FloatVector.broadcast(FLOATS, mean);
-        FloatVector av = FloatVector.broadcast(FLOATS, a);
-        FloatVector bv = FloatVector.broadcast(FLOATS, b);
-        FloatVector cv = FloatVector.broadcast(FLOATS, c);
-        long bodyBytes = 4 * (spatial - spatial % FL);
-        for (int p = 0; p < planes; p++) {
-            long base = first + p * stride;
-            long end = base + bodyBytes;
-            for (long o = base; o < end; o += 4L * FL) {
-                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
-                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
-            }
-            for (long o = end, tailEnd = base + 4 * spatial; o < tailEnd; o += 4) {
-                float g = dy.get(F32, o);
-                dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(g, a, c)));
-            }
+    /** One plane shorter than a vector. */
+    private static void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                           long base, long spatial, float mean, float a, float b,
+                                           float c) {
+        for (long o = base, end = base + 4 * spatial; o < end; o += 4) {
+            float g = dy.get(F32, o);
+            dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(g, a, c)));
         }
     }
 
@@ -665,8 +616,8 @@ final class VectorKernels implements BatchNormKernels {
                                     float[] a, float[] b, float[] c) {
         if (spatial < FL) {
             for (int p = p0, ch = p0 % channels; p < p1; p++) {
-                planeGradientInput(x, dy, dx, 4L * p * spatial, 0, 1, spatial, mean[ch], a[ch],
-                        b[ch], c[ch]);
+                planeGradientInput(x, dy, dx, 4L * p * spatial, spatial, mean[ch], a[ch], b[ch],
+                        c[ch]);
                 if (++ch == channels) {
                     ch = 0;
                 }

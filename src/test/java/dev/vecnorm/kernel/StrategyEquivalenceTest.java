@@ -14,10 +14,10 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The NCHW engine has two strategies, chosen by size (fused per channel, or a statistics pass and
- * a transform pass in memory order), and a chunked variant of each for few channels and many
- * threads. All must give the same bits; the fused one is only chosen for tensors beyond 32 MiB,
- * so this test forces each on small shapes.
+ * The NCHW engine has two strategies, chosen by size (blocks of channels, each reduced and then
+ * transformed while cached; or a statistics pass and a transform pass in memory order), each
+ * chunked by images for many threads. All must give the same bits; blocks are only chosen for
+ * tensors beyond 24 MiB, so this test forces each, with several block sizes, on small shapes.
  */
 class StrategyEquivalenceTest {
 
@@ -34,16 +34,16 @@ class StrategyEquivalenceTest {
         TensorShape shape = new TensorShape(n, c, spatial, dev.vecnorm.Layout.NCHW);
         long e = shape.elements();
         float[][] results = null;
-        for (Boolean fused : new Boolean[] {null, true, false}) {
+        for (Integer block : new Integer[] {null, 0, 1, 2, 4, c}) {
             for (int threads : new int[] {1, 4}) {
                 BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
-                        threads, POOL, fused);
+                        threads, POOL, block);
                 float[][] r = run(engine, shape, e);
                 if (results == null) {
                     results = r;
                 } else {
                     for (int i = 0; i < r.length; i++) {
-                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " fused=" + fused
+                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " block=" + block
                                 + " threads=" + threads + " " + shape);
                     }
                 }
