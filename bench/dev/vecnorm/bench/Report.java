@@ -13,6 +13,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.openjdk.jmh.profile.GCProfiler;
 import org.openjdk.jmh.results.Result;
 import org.openjdk.jmh.results.RunResult;
 import org.openjdk.jmh.results.format.ResultFormatType;
@@ -36,6 +38,12 @@ import org.openjdk.jmh.runner.options.TimeValue;
 public final class Report {
 
     static final String[] KERNELS = {"forwardTraining", "forwardInference", "forwardInferenceInPlace", "backward"};
+    /**
+     * A shape whose arithmetic takes a few dozen nanoseconds, so its time per call is the fixed
+     * cost of a call (validation, working arrays, parameters, dispatch). Spatial size 1: the same
+     * [N, C] path in both layouts, free of the per-plane cost that small NCHW planes add.
+     */
+    static final String OVERHEAD_SHAPE = "mb8ic64ih1iw1";
 
     private Report() {
     }
@@ -64,6 +72,9 @@ public final class Report {
                     vectorKernels.isEmpty(), "scalar", s.out.resolve("jmh-result-scalar.json")));
         }
         String table = table(results, s);
+        if (!vectorKernels.isEmpty()) {
+            table += overhead(runOverhead(s, s.out.resolve("jmh-result-overhead.json")), s);
+        }
         if (s.peers) {
             table += peers(results, run(s, "dev\\.vecnorm\\.peers\\.", false, null,
                     s.out.resolve("jmh-result-peers.json")), s);
@@ -293,6 +304,49 @@ public final class Report {
     }
 
     /** Deterministic training forward against the float-lanes variant, per shape and layout. */
+    /**
+     * The per-call overhead: the vector kernels on {@link #OVERHEAD_SHAPE} (512 values), one
+     * thread, in nanoseconds, with JMH's GC profiler for the bytes each call allocates. Five times
+     * the usual warm-up: a call this short takes a while to reach its compiled steady state.
+     */
+    private static Collection<RunResult> runOverhead(Settings s, Path json) throws RunnerException {
+        return new Runner(new OptionsBuilder()
+                .include("dev\\.vecnorm\\.BatchNormBenchmark\\.(forwardTraining|forwardInference|backward)$")
+                .param("shape", OVERHEAD_SHAPE)
+                .param("threads", "1")
+                .param("layout", "NCHW")
+                .param("kernels", "vector")
+                .timeUnit(TimeUnit.NANOSECONDS)
+                .addProfiler(GCProfiler.class)
+                .forks(s.forks)
+                .warmupIterations(5 * s.warmups)
+                .warmupTime(TimeValue.milliseconds(s.millis))
+                .measurementIterations(s.iterations)
+                .measurementTime(TimeValue.milliseconds(s.millis))
+                .jvmArgs("--add-modules=jdk.incubator.vector", "--sun-misc-unsafe-memory-access=allow",
+                        "-Xms1g", "-XX:+UseParallelGC")
+                .resultFormat(ResultFormatType.JSON)
+                .result(json.toString())
+                .build()).run();
+    }
+
+    static String overhead(Collection<RunResult> results, Settings s) {
+        StringBuilder t = new StringBuilder("\nPer-call overhead (vector kernels, " + OVERHEAD_SHAPE
+                + " = 512 values, the same path in both layouts, 1 thread; allocation from JMH's GC"
+                + " profiler):\n\n| kernel | ns per call | ± | bytes allocated per call |\n|---|---|---|---|\n");
+        for (RunResult r : results) {
+            var p = r.getParams();
+            String name = p.getBenchmark().substring(p.getBenchmark().lastIndexOf('.') + 1);
+            Result<?> alloc = r.getSecondaryResults().entrySet().stream()
+                    .filter(e -> e.getKey().endsWith("gc.alloc.rate.norm")).map(Map.Entry::getValue)
+                    .findFirst().orElse(null);
+            t.append(String.format(Locale.ROOT, "| %s | %.0f | %.0f | %s |%n", name,
+                    median(r.getPrimaryResult()), r.getPrimaryResult().getScoreError(),
+                    alloc == null ? "" : String.format(Locale.ROOT, "%.0f", alloc.getScore())));
+        }
+        return t.toString();
+    }
+
     static String cost(Collection<RunResult> results, Settings s) {
         Map<Key, Result<?>> byKey = byKey(results);
         StringBuilder t = new StringBuilder("\nCost of determinism (training forward, 1 thread): vecnorm against"

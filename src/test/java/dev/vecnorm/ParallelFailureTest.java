@@ -97,4 +97,64 @@ class ParallelFailureTest {
             Expect.bitwiseEqual("y", expected.y(), Segments.toArray(y), "confined");
         }
     }
+
+    /**
+     * A call nested in another on the same thread and the same BatchNorm (as a fork-join worker
+     * may run one while it waits for its own tasks) gets its own working arrays: both calls give
+     * the bits of separate calls. The executor here runs the nested call inline, on the calling
+     * thread, each time the outer call hands out a share of its work.
+     */
+    @Test
+    void aCallNestedOnTheSameThreadDoesNotDisturbTheOuterOne() {
+        for (TensorShape shape : new TensorShape[] {SHAPE, TensorShape.nchw(8, 16, 24, 24)}) {
+            float[] outerX = TestData.gaussian((int) shape.elements(), 5, 2);
+            float[] innerX = TestData.gaussian((int) shape.elements(), 6, 7);
+            BatchNorm serial = BatchNorm.builder(shape).build();
+            Runs.Training outerExpected = Runs.training(serial, outerX, null, null);
+            Runs.Training innerExpected = Runs.training(serial, innerX, null, null);
+            BatchNorm[] nested = new BatchNorm[1];
+            Runs.Training[] inner = new Runs.Training[1];
+            boolean[] nesting = new boolean[1];
+            ExecutorService inline = new AbstractExecutorService() {
+                @Override
+                public void execute(Runnable command) {
+                    if (!nesting[0]) {                  // one level: the nested call's own shares run plainly
+                        nesting[0] = true;
+                        inner[0] = Runs.training(nested[0], innerX, null, null);
+                        nesting[0] = false;
+                    }
+                    command.run();
+                }
+
+                @Override
+                public void shutdown() {
+                }
+
+                @Override
+                public List<Runnable> shutdownNow() {
+                    return List.of();
+                }
+
+                @Override
+                public boolean isShutdown() {
+                    return false;
+                }
+
+                @Override
+                public boolean isTerminated() {
+                    return false;
+                }
+
+                @Override
+                public boolean awaitTermination(long timeout, TimeUnit unit) {
+                    return true;
+                }
+            };
+            nested[0] = BatchNorm.builder(shape).parallelism(2).executor(inline).build();
+            Runs.Training outer = Runs.training(nested[0], outerX, null, null);
+            Expect.bitwiseEqual("outer y", outerExpected.y(), outer.y(), shape.toString());
+            Expect.bitwiseEqual("outer mean", outerExpected.mean(), outer.mean(), shape.toString());
+            Expect.bitwiseEqual("inner y", innerExpected.y(), inner[0].y(), shape.toString());
+        }
+    }
 }

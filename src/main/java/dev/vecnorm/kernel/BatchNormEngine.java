@@ -101,55 +101,60 @@ public final class BatchNormEngine {
     /** {@code BatchNorm.forwardTraining}, arguments already validated. */
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
-        float[] g = channelVector(gamma, 1f);
-        float[] b = channelVector(beta, 0f);
-        float[] mu = new float[channels];
-        float[] scale = new float[channels];
-        float[] offset = new float[channels];
-        if (channelBlock > 0) {
-            ChannelMoments moments = new ChannelMoments(channels);
-            double[] shift = shifts(x);
-            workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
-                int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-                double[] s1 = new double[channels], s2 = new double[channels];
-                for (int k = 0; k < chunks; k++) {
-                    for (int img = (int) start(k); img < start(k + 1); img++) {
-                        kernels.planesMoments(x, channels, spatial, img * channels + c0,
-                                img * channels + c1, shift, s1, s2);
+        Scratch w = acquire();
+        try {
+            float[] g = channelVector(gamma, 1f, w.g);
+            float[] b = channelVector(beta, 0f, w.b);
+            float[] mu = w.mu, scale = w.scale, offset = w.offset;
+            ChannelMoments moments = w.moments;
+            moments.reset();
+            double[] shift = shifts(x, w.shift);
+            if (channelBlock > 0) {
+                double[] s1 = w.clear(w.s1[0]), s2 = w.clear(w.s2[0]);
+                workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
+                    int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
+                    for (int k = 0; k < chunks; k++) {
+                        for (int img = (int) start(k); img < start(k + 1); img++) {
+                            kernels.planesMoments(x, channels, spatial, img * channels + c0,
+                                    img * channels + c1, shift, s1, s2);
+                        }
+                        long values = (start(k + 1) - start(k)) * spatial;
+                        for (int c = c0; c < c1; c++) {
+                            moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
+                            s1[c] = 0;
+                            s2[c] = 0;
+                        }
                     }
-                    long values = (start(k + 1) - start(k)) * spatial;
                     for (int c = c0; c < c1; c++) {
-                        moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
-                        s1[c] = 0;
-                        s2[c] = 0;
+                        trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
                     }
-                }
-                for (int c = c0; c < c1; c++) {
-                    trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
-                }
-                for (int img = 0; img < n; img++) {
-                    kernels.planesNormalize(x, y, channels, spatial, img * channels + c0,
-                            img * channels + c1, mu, scale, offset);
-                }
-            });
-            return;
+                    for (int img = 0; img < n; img++) {
+                        kernels.planesNormalize(x, y, channels, spatial, img * channels + c0,
+                                img * channels + c1, mu, scale, offset);
+                    }
+                });
+                return;
+            }
+            statistics(x, shift, w, moments);
+            for (int c = 0; c < channels; c++) {
+                trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
+            }
+            transform(x, y, mu, scale, offset);
+        } finally {
+            release(w);
         }
-        ChannelMoments moments = statistics(x);
-        for (int c = 0; c < channels; c++) {
-            trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
-        }
-        transform(x, y, mu, scale, offset);
     }
 
     /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
-    private ChannelMoments statistics(MemorySegment x) {
-        ChannelMoments moments = new ChannelMoments(channels);
-        double[] shift = shifts(x);
+    private void statistics(MemorySegment x, double[] shift, Scratch w, ChannelMoments moments) {
         // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
         // row after row); partial sums per chunk and channel, merged in chunk order.
-        double[][] s1 = new double[chunks][channels];
-        double[][] s2 = new double[chunks][channels];
+        double[][] s1 = w.s1, s2 = w.s2;
         if (nchw) {
+            for (int k = 0; k < chunks; k++) {
+                w.clear(s1[k]);
+                w.clear(s2[k]);
+            }
             workers.run(chunks, k -> kernels.planesMoments(x, channels, spatial,
                     (int) start(k) * channels, (int) start(k + 1) * channels, shift, s1[k], s2[k]));
         } else {
@@ -162,7 +167,6 @@ public final class BatchNormEngine {
                 moments.mergeShiftedSums(c, values, shift[c], s1[k][c], s2[k][c]);
             }
         }
-        return moments;
     }
 
     private void trainingParameters(int c, ChannelMoments moments, float[] g, float[] b,
@@ -202,15 +206,20 @@ public final class BatchNormEngine {
      */
     public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                  MemorySegment mean, MemorySegment variance, MemorySegment y) {
-        float[] g = channelVector(gamma, 1f);
-        float[] b = channelVector(beta, 0f);
-        float[] mu = channelVector(mean, 0f);
-        float[] var = channelVector(variance, 0f);
-        float[] scale = new float[channels];
-        for (int c = 0; c < channels; c++) {
-            scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
+        Scratch w = acquire();
+        try {
+            float[] g = channelVector(gamma, 1f, w.g);
+            float[] b = channelVector(beta, 0f, w.b);
+            float[] mu = channelVector(mean, 0f, w.mu);
+            float[] var = channelVector(variance, 0f, w.var);
+            float[] scale = w.scale;
+            for (int c = 0; c < channels; c++) {
+                scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
+            }
+            transform(x, y, mu, scale, b);
+        } finally {
+            release(w);
         }
-        transform(x, y, mu, scale, b);
     }
 
     /** y = fma(x - mu[c], scale[c], offset[c]) over the whole tensor, split for the workers. */
@@ -239,17 +248,28 @@ public final class BatchNormEngine {
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
                          MemorySegment dbeta, boolean frozen) {
-        float[] g = channelVector(gamma, 1f);
-        float[] mu = channelVector(mean, 0f);
-        float[] var = channelVector(variance, 0f);
+        Scratch w = acquire();
+        try {
+            backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, frozen, w);
+        } finally {
+            release(w);
+        }
+    }
+
+    private void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
+                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
+                          MemorySegment dbeta, boolean frozen, Scratch w) {
+        float[] g = channelVector(gamma, 1f, w.g);
+        float[] mu = channelVector(mean, 0f, w.mu);
+        float[] var = channelVector(variance, 0f, w.var);
         boolean sums = !frozen || dgamma != null || dbeta != null;
-        float[] a = new float[channels], bb = new float[channels], cc = new float[channels];
+        float[] a = w.scale, bb = w.offset, cc = w.b;
+        double[] meanD = widen(mu, w.meanD);
+        double[] sumDy = w.clear(w.sumDy), sumDyXmu = w.clear(w.sumDyXmu);
         if (channelBlock > 0 && !frozen) {
-            double[] meanD = widen(mu);
+            double[] s1 = w.clear(w.s1[0]), s2 = w.clear(w.s2[0]);
             workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
                 int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-                double[] s1 = new double[channels], s2 = new double[channels];
-                double[] sumDy = new double[channels], sumDyXmu = new double[channels];
                 for (int k = 0; k < chunks; k++) {
                     for (int img = (int) start(k); img < start(k + 1); img++) {
                         kernels.planesGradientSums(x, dy, channels, spatial, img * channels + c0,
@@ -272,17 +292,14 @@ public final class BatchNormEngine {
             });
             return;
         }
-        double[] sumDy = new double[channels];
-        double[] sumDyXmu = new double[channels];
         if (sums) {
-            gradientSums(x, dy, mu, sumDy, sumDyXmu);
+            gradientSums(x, dy, meanD, sumDy, sumDyXmu, w);
         }
         for (int c = 0; c < channels; c++) {
             gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
         }
         if (frozen) {
-            float[] zero = new float[channels];
-            transform(dy, dx, zero, a, zero);           // dx = fma(dy - 0, a, 0) = round(a * dy)
+            transform(dy, dx, w.zero, a, w.zero);       // dx = fma(dy - 0, a, 0) = round(a * dy)
             return;
         }
         if (nchw) {
@@ -319,12 +336,14 @@ public final class BatchNormEngine {
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
-    private void gradientSums(MemorySegment x, MemorySegment dy, float[] mu, double[] sumDy,
-                              double[] sumDyXmu) {
-        double[] meanD = widen(mu);
-        double[][] s1 = new double[chunks][channels];
-        double[][] s2 = new double[chunks][channels];
+    private void gradientSums(MemorySegment x, MemorySegment dy, double[] meanD, double[] sumDy,
+                              double[] sumDyXmu, Scratch w) {
+        double[][] s1 = w.s1, s2 = w.s2;
         if (nchw) {
+            for (int k = 0; k < chunks; k++) {
+                w.clear(s1[k]);
+                w.clear(s2[k]);
+            }
             workers.run(chunks, k -> kernels.planesGradientSums(x, dy, channels, spatial,
                     (int) start(k) * channels, (int) start(k + 1) * channels, meanD, s1[k], s2[k]));
         } else {
@@ -341,17 +360,15 @@ public final class BatchNormEngine {
 
     // ---------------------------------------------------------------------------------- helpers
 
-    /** Every channel's shift (see {@link #shiftOf}). */
-    private double[] shifts(MemorySegment x) {
-        double[] shift = new double[channels];
+    /** Every channel's shift (see {@link #shiftOf}), into {@code shift}. */
+    private double[] shifts(MemorySegment x, double[] shift) {
         for (int c = 0; c < channels; c++) {
             shift[c] = shiftOf(x, c);
         }
         return shift;
     }
 
-    private static double[] widen(float[] v) {
-        double[] d = new double[v.length];
+    private static double[] widen(float[] v, double[] d) {
         for (int i = 0; i < v.length; i++) {
             d[i] = v[i];
         }
@@ -381,13 +398,71 @@ public final class BatchNormEngine {
         return (int) Math.min(m, workers.parallelism());
     }
 
-    private float[] channelVector(MemorySegment s, float absent) {
-        float[] v = new float[channels];
+    private float[] channelVector(MemorySegment s, float absent, float[] v) {
         if (s == null) {
             java.util.Arrays.fill(v, absent);
         } else {
             MemorySegment.copy(s, F32, 0, v, 0, channels);
         }
         return v;
+    }
+
+    // ---------------------------------------------------------------------------------- scratch
+
+    /**
+     * The working arrays of one call, sized for this shape. Each thread keeps one per engine and
+     * reuses it, so a call allocates no per-channel arrays; a call that finds its thread's scratch
+     * busy (a call nested in another on the same thread, e.g. from a fork-join worker that helps
+     * while it waits) takes a fresh one.
+     */
+    private final ThreadLocal<Scratch> scratch = ThreadLocal.withInitial(this::newScratch);
+
+    private Scratch newScratch() {
+        return new Scratch(channels, chunks);
+    }
+
+    private Scratch acquire() {
+        Scratch w = scratch.get();
+        if (w.busy) {
+            w = newScratch();
+        }
+        w.busy = true;
+        return w;
+    }
+
+    private static void release(Scratch w) {
+        w.busy = false;
+    }
+
+    private static final class Scratch {
+        boolean busy;
+        final float[] g, b, mu, var, scale, offset;
+        /** Never written: zeros for the frozen backward's transform. */
+        final float[] zero;
+        final double[] shift, meanD, sumDy, sumDyXmu;
+        final double[][] s1, s2;
+        final ChannelMoments moments;
+
+        Scratch(int channels, int chunks) {
+            g = new float[channels];
+            b = new float[channels];
+            mu = new float[channels];
+            var = new float[channels];
+            scale = new float[channels];
+            offset = new float[channels];
+            zero = new float[channels];
+            shift = new double[channels];
+            meanD = new double[channels];
+            sumDy = new double[channels];
+            sumDyXmu = new double[channels];
+            s1 = new double[chunks][channels];
+            s2 = new double[chunks][channels];
+            moments = new ChannelMoments(channels);
+        }
+
+        double[] clear(double[] v) {
+            java.util.Arrays.fill(v, 0.0);
+            return v;
+        }
     }
 }

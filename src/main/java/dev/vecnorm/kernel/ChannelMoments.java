@@ -26,6 +26,11 @@ public final class ChannelMoments {
         this.count = new long[channels];
     }
 
+    /** Forgets every merge: the next merge of a channel starts it afresh. */
+    public void reset() {
+        java.util.Arrays.fill(count, 0L);
+    }
+
     /**
      * Merges one chunk of {@code n} values of channel {@code c}, given as shifted sums. The result
      * depends on the order of the merges: callers merge chunks in a fixed order.
