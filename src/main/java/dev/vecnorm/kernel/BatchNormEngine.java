@@ -29,10 +29,9 @@ public final class BatchNormEngine {
      */
     static final long PARALLEL_MIN_ELEMENTS = 1L << 16;
     static final int MAX_CHUNKS = 16;
-    /** NCHW tensors above this size run by channel blocks (see {@link #channelBlock}). */
-    static final long BLOCKED_MIN_TENSOR_BYTES = Long.getLong("vecnorm.blockedMin", 24L * 1024 * 1024);
-    /** Bytes of x a channel block spans, at most (fewer channels when one channel is more). */
-    static final long BLOCK_BYTES = Long.getLong("vecnorm.blockBytes", 4L * 1024 * 1024);
+    /** NCHW: planes and tensors from these sizes on run channel by channel ({@link #channelBlock}). */
+    static final long BLOCKED_MIN_PLANE_BYTES = 32 * 1024;
+    static final long BLOCKED_MIN_TENSOR_BYTES = 32L * 1024 * 1024;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private final BatchNormKernels kernels;
@@ -51,6 +50,12 @@ public final class BatchNormEngine {
      * order; else the number of channels of a block, and each block runs its statistics and then
      * its transform while its slice of x (and dy) is still in the caches: per image the block's
      * planes are one contiguous run. Same bits either way (same chunks, same order per channel).
+     * Measured on a 2-core Zen 4 (1 MiB L2, 32 MiB L3, one thread): one channel at a time wins
+     * for large planes (112x112) in tensors beyond the L3 (50x64x112x112 training, interleaved
+     * in one JVM: 18.5-18.8 vs 19.1-21.2 ms; backward equal); blocks of 4 or 8 MB (JMH) were
+     * no better than the passes on 50x64x56x56,
+     * 50x256x56x56, 50x512x28x28 and 50x1024x14x14 (training 5-25 % slower, backward from 25 %
+     * faster to 35 % slower), where the passes' second read partly hits the L3.
      */
     private final int channelBlock;
 
@@ -85,8 +90,9 @@ public final class BatchNormEngine {
         int block = 0;
         if (nchw && blockOverride != null) {
             block = Math.min(blockOverride, channels);
-        } else if (nchw && 4 * shape.elements() > BLOCKED_MIN_TENSOR_BYTES) {
-            block = (int) Math.max(1, Math.min(channels, BLOCK_BYTES / (4L * n * spatial)));
+        } else if (nchw && 4 * spatial >= BLOCKED_MIN_PLANE_BYTES
+                && 4 * shape.elements() > BLOCKED_MIN_TENSOR_BYTES) {
+            block = 1;
         }
         this.channelBlock = block;
     }

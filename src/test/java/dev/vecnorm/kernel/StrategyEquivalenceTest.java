@@ -17,7 +17,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * The NCHW engine has two strategies, chosen by size (blocks of channels, each reduced and then
  * transformed while cached; or a statistics pass and a transform pass in memory order), each
  * chunked by images for many threads. All must give the same bits; blocks are only chosen for
- * tensors beyond 24 MiB, so this test forces each, with several block sizes, on small shapes.
+ * large planes in tensors beyond 32 MiB, so this test forces each, with several block sizes, on
+ * small shapes.
  */
 class StrategyEquivalenceTest {
 
