@@ -73,7 +73,7 @@ public final class Report {
         }
         String table = table(results, s);
         if (!vectorKernels.isEmpty()) {
-            table += overhead(runOverhead(s, s.out.resolve("jmh-result-overhead.json")), s);
+            table += overhead(runOverhead(s, s.out.resolve("jmh-result-overhead.json")));
         }
         if (s.peers) {
             table += peers(results, run(s, "dev\\.vecnorm\\.peers\\.", false, null,
@@ -95,11 +95,23 @@ public final class Report {
 
     private static Collection<RunResult> run(Settings s, String kernels, boolean ceilings, String which,
                                              Path json) throws RunnerException {
-        ChainedOptionsBuilder options = new OptionsBuilder()
+        ChainedOptionsBuilder options = options(s, json)
                 .include(kernels)
                 .param("shape", s.shapes.toArray(String[]::new))
                 .param("threads", s.threads.toArray(String[]::new))
-                .param("layout", s.layouts.toArray(String[]::new))
+                .param("layout", s.layouts.toArray(String[]::new));
+        if (which != null) {
+            options.param("kernels", which);
+        }
+        if (ceilings) {
+            options.include("dev\\.vecnorm\\.bench\\.CeilingBenchmark\\.");
+        }
+        return new Runner(options.build()).run();
+    }
+
+    /** Forks, iterations, JVM flags and the JSON file: the same for every part of the report. */
+    private static ChainedOptionsBuilder options(Settings s, Path json) {
+        return new OptionsBuilder()
                 .forks(s.forks)
                 .warmupIterations(s.warmups)
                 .warmupTime(TimeValue.milliseconds(s.millis))
@@ -109,13 +121,6 @@ public final class Report {
                         "-Xms1g", "-XX:+UseParallelGC")
                 .resultFormat(ResultFormatType.JSON)
                 .result(json.toString());
-        if (which != null) {
-            options.param("kernels", which);
-        }
-        if (ceilings) {
-            options.include("dev\\.vecnorm\\.bench\\.CeilingBenchmark\\.");
-        }
-        return new Runner(options.build()).run();
     }
 
     static Settings settings(String[] args) {
@@ -310,7 +315,7 @@ public final class Report {
      * the usual warm-up: a call this short takes a while to reach its compiled steady state.
      */
     private static Collection<RunResult> runOverhead(Settings s, Path json) throws RunnerException {
-        return new Runner(new OptionsBuilder()
+        return new Runner(options(s, json)
                 .include("dev\\.vecnorm\\.BatchNormBenchmark\\.(forwardTraining|forwardInference|backward)$")
                 .param("shape", OVERHEAD_SHAPE)
                 .param("threads", "1")
@@ -318,19 +323,11 @@ public final class Report {
                 .param("kernels", "vector")
                 .timeUnit(TimeUnit.NANOSECONDS)
                 .addProfiler(GCProfiler.class)
-                .forks(s.forks)
                 .warmupIterations(5 * s.warmups)
-                .warmupTime(TimeValue.milliseconds(s.millis))
-                .measurementIterations(s.iterations)
-                .measurementTime(TimeValue.milliseconds(s.millis))
-                .jvmArgs("--add-modules=jdk.incubator.vector", "--sun-misc-unsafe-memory-access=allow",
-                        "-Xms1g", "-XX:+UseParallelGC")
-                .resultFormat(ResultFormatType.JSON)
-                .result(json.toString())
                 .build()).run();
     }
 
-    static String overhead(Collection<RunResult> results, Settings s) {
+    static String overhead(Collection<RunResult> results) {
         StringBuilder t = new StringBuilder("\nPer-call overhead (vector kernels, " + OVERHEAD_SHAPE
                 + " = 512 values, the same path in both layouts, 1 thread; allocation from JMH's GC"
                 + " profiler):\n\n| kernel | ns per call | ± | bytes allocated per call |\n|---|---|---|---|\n");

@@ -37,7 +37,7 @@ class ParallelFailureTest {
     /** An executor whose tasks die: the failure reaches the caller. */
     @Test
     void aFailingWorkerIsAnError() {
-        ExecutorService broken = new AbstractExecutorService() {
+        ExecutorService broken = new Unmanaged() {
             @Override
             protected <T> RunnableFuture<T> newTaskFor(Runnable task, T value) {
                 return new FutureTask<>(() -> {
@@ -48,30 +48,6 @@ class ParallelFailureTest {
             @Override
             public void execute(Runnable command) {
                 Thread.ofPlatform().start(command);
-            }
-
-            @Override
-            public void shutdown() {
-            }
-
-            @Override
-            public List<Runnable> shutdownNow() {
-                return List.of();
-            }
-
-            @Override
-            public boolean isShutdown() {
-                return false;
-            }
-
-            @Override
-            public boolean isTerminated() {
-                return false;
-            }
-
-            @Override
-            public boolean awaitTermination(long timeout, TimeUnit unit) {
-                return true;
             }
         };
         BatchNorm bn = BatchNorm.builder(SHAPE).parallelism(2).executor(broken).build();
@@ -115,7 +91,7 @@ class ParallelFailureTest {
             BatchNorm[] nested = new BatchNorm[1];
             Runs.Training[] inner = new Runs.Training[1];
             boolean[] nesting = new boolean[1];
-            ExecutorService inline = new AbstractExecutorService() {
+            ExecutorService inline = new Unmanaged() {
                 @Override
                 public void execute(Runnable command) {
                     if (!nesting[0]) {                  // one level: the nested call's own shares run plainly
@@ -125,36 +101,39 @@ class ParallelFailureTest {
                     }
                     command.run();
                 }
-
-                @Override
-                public void shutdown() {
-                }
-
-                @Override
-                public List<Runnable> shutdownNow() {
-                    return List.of();
-                }
-
-                @Override
-                public boolean isShutdown() {
-                    return false;
-                }
-
-                @Override
-                public boolean isTerminated() {
-                    return false;
-                }
-
-                @Override
-                public boolean awaitTermination(long timeout, TimeUnit unit) {
-                    return true;
-                }
             };
             nested[0] = BatchNorm.builder(shape).parallelism(2).executor(inline).build();
             Runs.Training outer = Runs.training(nested[0], outerX, null, null);
             Expect.bitwiseEqual("outer y", outerExpected.y(), outer.y(), shape.toString());
             Expect.bitwiseEqual("outer mean", outerExpected.mean(), outer.mean(), shape.toString());
             Expect.bitwiseEqual("inner y", innerExpected.y(), inner[0].y(), shape.toString());
+        }
+    }
+
+    /** An executor without a lifecycle: tests say only how it runs a task. */
+    private abstract static class Unmanaged extends AbstractExecutorService {
+        @Override
+        public void shutdown() {
+        }
+
+        @Override
+        public List<Runnable> shutdownNow() {
+            return List.of();
+        }
+
+        @Override
+        public boolean isShutdown() {
+            return false;
+        }
+
+        @Override
+        public boolean isTerminated() {
+            return false;
+        }
+
+        @Override
+        public boolean awaitTermination(long timeout, TimeUnit unit) {
+            return true;
         }
     }
 }

@@ -29,7 +29,9 @@ import jdk.incubator.vector.VectorSpecies;
  * exceeded C2's inlining budget, and helpers that take vectors, once not inlined, box them.
  * For the same reason the float-to-double widening is written out at every load instead of in a
  * helper: in these register-heavy loops C2 refused to inline such a helper ("callee uses too much
- * stack") in some positions, and one boxed load made the NHWC statistics 2-4x slower.
+ * stack") in some positions, and one boxed load made the NHWC statistics 2-4x slower. Float
+ * loads are written out too: a {@code load(segment, offset)} helper was refused the same way in
+ * the NCHW plane stream.
  * Other widths (128 bits, for tests) keep the lanes in an array ({@code momentsAnyWidth}).
  */
 final class VectorKernels implements BatchNormKernels {
