@@ -14,9 +14,9 @@ import java.util.concurrent.ExecutorService;
  * <p><b>Determinism.</b> The chunks depend only on the shape, never on the thread count: the
  * images (NCHW) or rows (NHWC) are cut into at most {@link #MAX_CHUNKS} contiguous chunks of
  * about {@link #CHUNK_ELEMENTS} tensor elements or more. Within a chunk each channel adds its
- * planes (rows) in order; the chunks' partial results are merged in chunk order. With kernels that agree bit for bit
- * (see {@link BatchNormKernels}), every output is therefore the same for every parallelism and
- * for both NCHW strategies (channel blocks or two passes).
+ * planes (rows) in order; the chunks' partial results are merged in chunk order. With kernels
+ * that agree bit for bit (see {@link BatchNormKernels}), every output is therefore the same for
+ * every parallelism and for both NCHW strategies (channel blocks or two passes).
  */
 public final class BatchNormEngine {
 
@@ -53,9 +53,9 @@ public final class BatchNormEngine {
      * Measured on a 2-core Zen 4 (1 MiB L2, 32 MiB L3, one thread): one channel at a time wins
      * for large planes (112x112) in tensors beyond the L3 (50x64x112x112 training, interleaved
      * in one JVM: 18.5-18.8 vs 19.1-21.2 ms; backward equal); blocks of 4 or 8 MB (JMH) were
-     * no better than the passes on 50x64x56x56,
-     * 50x256x56x56, 50x512x28x28 and 50x1024x14x14 (training 5-25 % slower, backward from 25 %
-     * faster to 35 % slower), where the passes' second read partly hits the L3.
+     * no better than the passes on 50x64x56x56, 50x256x56x56, 50x512x28x28 and 50x1024x14x14
+     * (training 5-25 % slower, backward from 25 % faster to 35 % slower), where the passes'
+     * second read partly hits the L3.
      */
     private final int channelBlock;
 
