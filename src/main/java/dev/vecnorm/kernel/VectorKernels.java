@@ -762,6 +762,10 @@ final class VectorKernels implements BatchNormKernels {
             normalize64(x, y, row0, row1, mean, scale, offset);
             return;
         }
+        if (FL == 16 && channels == 128 && c0 == 0 && c1 == 128) {
+            normalize128(x, y, row0, row1, mean, scale, offset);
+            return;
+        }
         long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
@@ -805,6 +809,45 @@ final class VectorKernels implements BatchNormKernels {
             FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
             FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
             FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
+        }
+    }
+
+    /** As {@link #normalize64} for 128 channels: 24 parameter vectors, a row is 8 vectors. */
+    private static void normalize128(MemorySegment x, MemorySegment y, long row0, long row1,
+                                     float[] mean, float[] scale, float[] offset) {
+        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
+        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
+        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
+        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
+        FloatVector m4 = FloatVector.fromArray(FLOATS, mean, 64);
+        FloatVector m5 = FloatVector.fromArray(FLOATS, mean, 80);
+        FloatVector m6 = FloatVector.fromArray(FLOATS, mean, 96);
+        FloatVector m7 = FloatVector.fromArray(FLOATS, mean, 112);
+        FloatVector a0 = FloatVector.fromArray(FLOATS, scale, 0);
+        FloatVector a1 = FloatVector.fromArray(FLOATS, scale, 16);
+        FloatVector a2 = FloatVector.fromArray(FLOATS, scale, 32);
+        FloatVector a3 = FloatVector.fromArray(FLOATS, scale, 48);
+        FloatVector a4 = FloatVector.fromArray(FLOATS, scale, 64);
+        FloatVector a5 = FloatVector.fromArray(FLOATS, scale, 80);
+        FloatVector a6 = FloatVector.fromArray(FLOATS, scale, 96);
+        FloatVector a7 = FloatVector.fromArray(FLOATS, scale, 112);
+        FloatVector b0 = FloatVector.fromArray(FLOATS, offset, 0);
+        FloatVector b1 = FloatVector.fromArray(FLOATS, offset, 16);
+        FloatVector b2 = FloatVector.fromArray(FLOATS, offset, 32);
+        FloatVector b3 = FloatVector.fromArray(FLOATS, offset, 48);
+        FloatVector b4 = FloatVector.fromArray(FLOATS, offset, 64);
+        FloatVector b5 = FloatVector.fromArray(FLOATS, offset, 80);
+        FloatVector b6 = FloatVector.fromArray(FLOATS, offset, 96);
+        FloatVector b7 = FloatVector.fromArray(FLOATS, offset, 112);
+        for (long o = row0 * 512, end = row1 * 512; o < end; o += 512) {
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 256, NATIVE).sub(m4).fma(a4, b4).intoMemorySegment(y, o + 256, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 320, NATIVE).sub(m5).fma(a5, b5).intoMemorySegment(y, o + 320, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 384, NATIVE).sub(m6).fma(a6, b6).intoMemorySegment(y, o + 384, NATIVE);
+            FloatVector.fromMemorySegment(FLOATS, x, o + 448, NATIVE).sub(m7).fma(a7, b7).intoMemorySegment(y, o + 448, NATIVE);
         }
     }
 
