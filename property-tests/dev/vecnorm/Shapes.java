@@ -24,10 +24,10 @@ final class Shapes {
      */
     static Arbitrary<TensorShape> shapes() {
         // Network-like counts (multiples of 16 and 64) reach the kernels' special cases, e.g.
-        // the NHWC register paths for 64 channels and for groups of 64.
+        // the NHWC register paths for 64 and 128 channels and for groups of 64.
         Arbitrary<Integer> channels = Arbitraries.frequencyOf(
                 net.jqwik.api.Tuple.of(6, Arbitraries.integers().between(1, 40)),
-                net.jqwik.api.Tuple.of(1, Arbitraries.of(16, 32, 48, 64, 128, 192, 256)),
+                net.jqwik.api.Tuple.of(1, Arbitraries.of(16, 32, 48, 64, 128, 192, 256, 512, 1024)),
                 net.jqwik.api.Tuple.of(1, Arbitraries.integers().between(41, 1000)));
         Arbitrary<Integer> batch = Arbitraries.integers().between(1, 6);
         Arbitrary<Long> spatial = Arbitraries.frequencyOf(

@@ -52,6 +52,10 @@ final class VectorKernels implements BatchNormKernels {
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     /** NHWC reductions update each channel's accumulators once per this many rows. */
     private static final int ROW_BLOCK = 4;
+    /** NHWC transforms over many channels: rows per block of the grouped walk. */
+    private static final int GROUP_ROWS = 8;
+    /** ... and the most bytes of x a call may span to take that walk (see {@code grouped}). */
+    private static final long GROUPED_MAX_BYTES = 24L * 1024 * 1024;
     /**
      * The 64-channel register path walks a chunk's rows once per group of 64 channels; beyond
      * 256 channels (1 KiB rows) that walk strides too far for the prefetchers and the row-block
@@ -767,6 +771,11 @@ final class VectorKernels implements BatchNormKernels {
             return;
         }
         long rowBytes = 4L * channels;
+        if (grouped(channels, c0, c1, row0, row1)) {
+            long blocked = row0 + (row1 - row0) / GROUP_ROWS * GROUP_ROWS;
+            normalizeGrouped(x, y, rowBytes, row0, blocked, channels, mean, scale, offset);
+            row0 = blocked;
+        }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
             long base = r * rowBytes;
@@ -848,6 +857,50 @@ final class VectorKernels implements BatchNormKernels {
             FloatVector.fromMemorySegment(FLOATS, x, o + 320, NATIVE).sub(m5).fma(a5, b5).intoMemorySegment(y, o + 320, NATIVE);
             FloatVector.fromMemorySegment(FLOATS, x, o + 384, NATIVE).sub(m6).fma(a6, b6).intoMemorySegment(y, o + 384, NATIVE);
             FloatVector.fromMemorySegment(FLOATS, x, o + 448, NATIVE).sub(m7).fma(a7, b7).intoMemorySegment(y, o + 448, NATIVE);
+        }
+    }
+
+    /**
+     * NHWC transforms over many channels (512 or more, in groups of 64) in a range that the
+     * caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block each group of 64
+     * channels keeps its parameters in registers across the block's rows, instead of reloading
+     * three parameter vectors per data vector. Measured (one thread, probe): 50x2048x7x7
+     * normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms; 50x512x7x7 0.17-0.19 ->
+     * 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place) the column walk through the
+     * block lost up to 1.5x, hence the size limit {@link #GROUPED_MAX_BYTES}. The same walk for
+     * dx (16 parameter vectors per group) was slower: 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
+     */
+    private static boolean grouped(int channels, int c0, int c1, long row0, long row1) {
+        return FL == 16 && channels >= 512 && channels % 64 == 0 && c0 == 0 && c1 == channels
+                && (row1 - row0) * 4L * channels <= GROUPED_MAX_BYTES;
+    }
+
+    private static void normalizeGrouped(MemorySegment x, MemorySegment y, long rowBytes,
+                                         long row0, long row1, int channels, float[] mean,
+                                         float[] scale, float[] offset) {
+        for (long r = row0; r < row1; r += GROUP_ROWS) {
+            long base = r * rowBytes;
+            for (int c = 0; c < channels; c += 64) {
+                FloatVector m0 = FloatVector.fromArray(FLOATS, mean, c);
+                FloatVector m1 = FloatVector.fromArray(FLOATS, mean, c + 16);
+                FloatVector m2 = FloatVector.fromArray(FLOATS, mean, c + 32);
+                FloatVector m3 = FloatVector.fromArray(FLOATS, mean, c + 48);
+                FloatVector a0 = FloatVector.fromArray(FLOATS, scale, c);
+                FloatVector a1 = FloatVector.fromArray(FLOATS, scale, c + 16);
+                FloatVector a2 = FloatVector.fromArray(FLOATS, scale, c + 32);
+                FloatVector a3 = FloatVector.fromArray(FLOATS, scale, c + 48);
+                FloatVector b0 = FloatVector.fromArray(FLOATS, offset, c);
+                FloatVector b1 = FloatVector.fromArray(FLOATS, offset, c + 16);
+                FloatVector b2 = FloatVector.fromArray(FLOATS, offset, c + 32);
+                FloatVector b3 = FloatVector.fromArray(FLOATS, offset, c + 48);
+                long o = base + 4L * c;
+                for (int i = 0; i < GROUP_ROWS; i++, o += rowBytes) {
+                    FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
+                    FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
+                    FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
+                    FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
+                }
+            }
         }
     }
 
