@@ -87,15 +87,14 @@ public class BatchNormBenchmark {
     }
 
     /**
-     * Calls the benchmarked kernel for at least 3 calls and 50 ms before JMH's own warm-up. The
+     * Calls the benchmarked kernel 3 times before JMH's own warm-up. The
      * first calls of a large kernel run its vector code in the interpreter (one 50x128x28x28 NHWC
      * backward took 0.58 s, the steady state 5-6 ms), longer than a quick run's 200 ms warm-up
      * iteration, so without this a measured iteration could still include them.
      */
     private void warmUp(String benchmark) {
         String name = benchmark.substring(benchmark.lastIndexOf('.') + 1);
-        long start = System.nanoTime();
-        for (int calls = 0; calls < 3 || System.nanoTime() - start < 50_000_000L; calls++) {
+        for (int calls = 0; calls < 3; calls++) {
             switch (name) {
                 case "forwardTraining" -> forwardTraining();
                 case "forwardInference" -> forwardInference();
