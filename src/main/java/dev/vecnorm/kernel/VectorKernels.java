@@ -63,6 +63,9 @@ final class VectorKernels implements BatchNormKernels {
      */
     private static final int REGISTER_ROW_MAX = 256;
 
+    /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
+    private static final ScalarKernels SCALAR = new ScalarKernels();
+
     private final String description;
 
     VectorKernels(boolean hardwareFma) {
@@ -301,14 +304,6 @@ final class VectorKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
-    /** One plane shorter than a vector. */
-    private static void planeNormalize(MemorySegment x, MemorySegment y, long base, long spatial,
-                                       float mean, float scale, float offset) {
-        for (long o = base, end = base + 4 * spatial; o < end; o += 4) {
-            y.set(F32, o, Math.fma(x.get(F32, o) - mean, scale, offset));
-        }
-    }
-
     /**
      * Planes in memory order, as one flat stream of vectors: a vector that straddles two planes
      * takes the second plane's parameters in its upper lanes (a blend under a mask), so there is
@@ -324,12 +319,7 @@ final class VectorKernels implements BatchNormKernels {
     public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
                                 int p0, int p1, float[] mean, float[] scale, float[] offset) {
         if (spatial < FL) {
-            for (int p = p0, c = p0 % channels; p < p1; p++) {
-                planeNormalize(x, y, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
-                if (++c == channels) {
-                    c = 0;
-                }
-            }
+            SCALAR.planesNormalize(x, y, channels, spatial, p0, p1, mean, scale, offset);
         } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && x.equals(y)) {
             normalizeRuns(x, y, channels, spatial, p0, p1, mean, scale, offset);
         } else {
@@ -605,29 +595,13 @@ final class VectorKernels implements BatchNormKernels {
         t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
     }
 
-    /** One plane shorter than a vector. */
-    private static void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                           long base, long spatial, float mean, float a, float b,
-                                           float c) {
-        for (long o = base, end = base + 4 * spatial; o < end; o += 4) {
-            float g = dy.get(F32, o);
-            dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(g, a, c)));
-        }
-    }
-
     /** Planes in memory order, one flat stream as in {@link #planesNormalize}. */
     @Override
     public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
                                     int channels, long spatial, int p0, int p1, float[] mean,
                                     float[] a, float[] b, float[] c) {
         if (spatial < FL) {
-            for (int p = p0, ch = p0 % channels; p < p1; p++) {
-                planeGradientInput(x, dy, dx, 4L * p * spatial, spatial, mean[ch], a[ch], b[ch],
-                        c[ch]);
-                if (++ch == channels) {
-                    ch = 0;
-                }
-            }
+            SCALAR.planesGradientInput(x, dy, dx, channels, spatial, p0, p1, mean, a, b, c);
             return;
         }
         long end = 4L * p1 * spatial;
