@@ -1,0 +1,74 @@
+package dev.vecnorm.kernel;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
+ * groups over the whole row range (fewer than 256 channels), the same groups over 128 KiB row
+ * blocks with a read-ahead of the next block (256 to 1023 channels), and row blocks of 4 or 8
+ * rows updating accumulators in arrays (the rest, and every other width). Each must give the bits
+ * of the scalar kernels (one double accumulator per channel, rows added in order). The engine's
+ * chunks are rarely longer than one block on test-sized tensors, so this calls the kernels
+ * directly on row ranges that span several blocks and end in a partial one; x and dy end exactly
+ * at the range's last row, so a read-ahead past it would throw.
+ */
+class RowReductionTest {
+
+    private static final BatchNormKernels VECTOR = KernelProvider.kernels();
+    private static final BatchNormKernels SCALAR = new ScalarKernels();
+
+    @ParameterizedTest(name = "channels {0}, rows [{1}, {2}), channels [{3}, {4})")
+    @CsvSource({
+        "64, 3, 700, 0, 64",        // one register group, whole range
+        "200, 1, 300, 0, 200",      // three groups and 8 channels in row blocks
+        "256, 5, 400, 0, 256",      // blocks of 128 rows with the read-ahead: 3 full, 1 partial
+        "300, 2, 290, 0, 300",      // 4 groups in blocks, 44 channels in row blocks (vector + tail)
+        "512, 7, 200, 0, 512",      // blocks of 64 rows
+        "512, 0, 150, 64, 451",     // a channel range inside the row: 6 groups and 3 left over
+        "1024, 1, 30, 0, 1024",     // row blocks of 8 over 29 rows
+        "1100, 0, 19, 0, 1100",     // ... with 12 channels past the last full vector
+    })
+    void reductionsGiveTheScalarBits(int channels, long row0, long row1, int c0, int c1) {
+        try (Arena arena = Arena.ofConfined()) {
+            long e = row1 * channels;
+            MemorySegment x = arena.allocate(4 * e), dy = arena.allocate(4 * e);
+            SplittableRandom r = new SplittableRandom(channels * 31L + row0);
+            // A large, channel-dependent mean (the sums are of x - shift) and unit noise.
+            for (long i = 0; i < e; i++) {
+                int c = (int) (i % channels);
+                x.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (1000.0 * (c % 7) + r.nextGaussian()));
+                dy.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) r.nextGaussian());
+            }
+            double[] shift = new double[channels];
+            for (int c = 0; c < channels; c++) {
+                shift[c] = x.getAtIndex(ValueLayout.JAVA_FLOAT, row0 * channels + c);
+            }
+            double[][] v = sums(VECTOR, x, dy, channels, row0, row1, c0, c1, shift);
+            double[][] s = sums(SCALAR, x, dy, channels, row0, row1, c0, c1, shift);
+            String[] names = {"moments s1", "moments s2", "sumDy", "sumDyXmu"};
+            for (int i = 0; i < v.length; i++) {
+                assertArrayEquals(s[i], v[i], VECTOR.description() + ": " + names[i]);
+            }
+        }
+    }
+
+    private static double[][] sums(BatchNormKernels k, MemorySegment x, MemorySegment dy,
+                                   int channels, long row0, long row1, int c0, int c1,
+                                   double[] shift) {
+        // Arrays start as NaN: the kernels must overwrite [c0, c1) and leave the rest alone.
+        double[][] out = new double[4][channels];
+        for (double[] a : out) {
+            java.util.Arrays.fill(a, Double.NaN);
+        }
+        k.rowMoments(x, channels, row0, row1, c0, c1, shift, out[0], out[1]);
+        k.rowGradientSums(x, dy, channels, row0, row1, c0, c1, shift, out[2], out[3]);
+        return out;
+    }
+}
