@@ -12,12 +12,13 @@ import org.junit.jupiter.params.provider.CsvSource;
 /**
  * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
  * groups over the whole row range (fewer than 256 channels), the same groups over 128 KiB row
- * blocks with a read-ahead of the next block (256 to 1023 channels), and row blocks of 4 or 8
- * rows updating accumulators in arrays (the rest, and every other width). Each must give the bits
- * of the scalar kernels (one double accumulator per channel, rows added in order). The engine's
- * chunks are rarely longer than one block on test-sized tensors, so this calls the kernels
- * directly on row ranges that span several blocks and end in a partial one; x and dy end exactly
- * at the range's last row, so a read-ahead past it would throw.
+ * blocks (256 to 1023 channels) with a read-ahead of the next block when x is larger than 16 MiB,
+ * and row blocks of 4 or 8 rows updating accumulators in arrays (the rest, and every other
+ * width). Each must give the bits of the scalar kernels (one double accumulator per channel, rows
+ * added in order). The engine's chunks are rarely longer than one block on test-sized tensors,
+ * so this calls the kernels directly on row ranges that span several blocks and end in a partial
+ * one; x and dy end exactly at the range's last row, so a read-ahead past it would throw (the
+ * read-ahead cases use 17 MB tensors and the rows at their end).
  */
 class RowReductionTest {
 
@@ -28,10 +29,13 @@ class RowReductionTest {
     @CsvSource({
         "64, 3, 700, 0, 64",        // one register group, whole range
         "200, 1, 300, 0, 200",      // three groups and 8 channels in row blocks
-        "256, 5, 400, 0, 256",      // blocks of 128 rows with the read-ahead: 3 full, 1 partial
+        "256, 5, 400, 0, 256",      // blocks of 128 rows: 3 full, 1 partial
+        "256, 16380, 16800, 0, 256",    // ... with the read-ahead
         "300, 2, 290, 0, 300",      // 4 groups in blocks, 44 channels in row blocks (vector + tail)
+        "300, 14000, 14300, 0, 300",    // ... with the read-ahead
         "512, 7, 200, 0, 512",      // blocks of 64 rows
-        "512, 0, 150, 64, 451",     // a channel range inside the row: 6 groups and 3 left over
+        "512, 8200, 8400, 0, 512",      // ... with the read-ahead
+        "512, 8250, 8400, 64, 451",     // a channel range inside the row: 6 groups, 3 left over
         "1024, 1, 30, 0, 1024",     // row blocks of 8 over 29 rows
         "1100, 0, 19, 0, 1100",     // ... with 12 channels past the last full vector
     })
@@ -41,7 +45,7 @@ class RowReductionTest {
             MemorySegment x = arena.allocate(4 * e), dy = arena.allocate(4 * e);
             SplittableRandom r = new SplittableRandom(channels * 31L + row0);
             // A large, channel-dependent mean (the sums are of x - shift) and unit noise.
-            for (long i = 0; i < e; i++) {
+            for (long i = row0 * channels; i < e; i++) {
                 int c = (int) (i % channels);
                 x.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (1000.0 * (c % 7) + r.nextGaussian()));
                 dy.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) r.nextGaussian());
