@@ -64,20 +64,20 @@ final class VectorKernels implements BatchNormKernels {
     private static final long GROUPED_MAX_BYTES = 24L * 1024 * 1024;
     /**
      * NHWC reductions at 512 bits keep 64 channels' accumulators in registers and walk the rows
-     * once per group of 64 channels. Up to 64 channels that walk is sequential and covers the whole
-     * range. Beyond, it reads 256 bytes of every row and strides to the next, so the rows go in
-     * blocks of {@link #BLOCK_BYTES}, every group walking a block before the next block (the later
-     * groups find it in L2). From {@link #TOUCH_CHANNELS} channels, when x is larger than {@link
-     * #TOUCH_MIN_BYTES} and so likely read from memory, the strided walk is a pattern the hardware
-     * prefetchers follow poorly (50x256x56x56 statistics alone: 10-11 GB/s against 20-22 for a
-     * sequential read), and each group's walk over a block also reads one int of each cache line of
-     * the next block, in order, {@link #TOUCH_STEP} bytes a row, the groups together covering it: a
-     * sequential stream the prefetchers do follow. Measured in one JVM, rounds alternating with the
-     * earlier code (the whole range per group up to 256 channels, else row blocks of 4), per-round
-     * median: training 1.14x faster on 50x256x56x56 and 1.29x on 50x512x28x28, backward 1.11x and
-     * 1.13x; on cache-resident tensors the read-ahead costs more than it gives (statistics of
-     * 50x256x14x14 1.5x slower) and is left out: 50x512x7x7 training 1.19x; 128 channels were 0.83x
-     * with it, and 1.07x (backward 1.13x) with blocks alone (256 KiB blocks: 0.94x). From {@link
+     * once per group of 64 channels, in blocks of {@link #BLOCK_BYTES}, every group walking a block
+     * before the next block. For 64 channels that walk is sequential; beyond, it reads 256 bytes of
+     * every row and strides to the next, and the later groups find the block in L2. From {@link
+     * #TOUCH_CHANNELS} channels, when x is larger than {@link #TOUCH_MIN_BYTES} and so likely read
+     * from memory, the strided walk is a pattern the hardware prefetchers follow poorly
+     * (50x256x56x56 statistics alone: 10-11 GB/s against 20-22 for a sequential read), and each
+     * group's walk over a block also reads one int of each cache line of the next block, in order,
+     * {@link #TOUCH_STEP} bytes a row, the groups together covering it: a sequential stream the
+     * prefetchers do follow. Measured in one JVM, rounds alternating with the earlier code (the
+     * whole range per group up to 256 channels, else row blocks of 4), per-round median: training
+     * 1.14x faster on 50x256x56x56 and 1.29x on 50x512x28x28, backward 1.11x and 1.13x; on
+     * cache-resident tensors the read-ahead costs more than it gives (statistics of 50x256x14x14
+     * 1.5x slower) and is left out: 50x512x7x7 training 1.19x; 128 channels were 0.83x with it, and
+     * 1.07x (backward 1.13x) with blocks alone (256 KiB blocks: 0.94x). From {@link
      * #WIDE_ROW_CHANNELS} channels the row-block path wins.
      */
     private static final int REGISTER_ROW_MAX = WIDE_ROW_CHANNELS - 1;
@@ -671,28 +671,21 @@ final class VectorKernels implements BatchNormKernels {
         }
         long rowBytes = 4L * channels;
         if (DL == 8 && channels <= REGISTER_ROW_MAX) {
+            // 64 channels at a time in registers (measured 0.77 ms against 1.25 for C = 64,
+            // 6.4 M floats: memory speed), in row blocks, maybe reading ahead: see REGISTER_ROW_MAX.
             int groups = (c1 - c0) / 64;
-            if (channels <= 64) {
-                // 64 channels at a time in registers over every row: one pass, no accumulator
-                // traffic (measured 0.77 ms against 1.25 for C = 64, 6.4 M floats: memory speed).
+            long block = Math.max(1, BLOCK_BYTES / rowBytes);
+            long end = touches(x, channels) ? row1 * rowBytes : 0;
+            int sink = 0;
+            for (long r = row0; r < row1; r += block) {
+                long r1 = Math.min(r + block, row1), next = r1 * rowBytes;
                 for (int g = 0; g < groups; g++) {
-                    moments64(x, rowBytes, row0, row1, c0 + 64 * g, shift, s1, s2, 0, 0);
+                    long t = next + g * block * TOUCH_STEP;
+                    sink += moments64(x, rowBytes, r, r1, c0 + 64 * g, shift, s1, s2, t,
+                            Math.max(t, Math.min(end, t + block * TOUCH_STEP)));
                 }
-            } else {
-                boolean touch = touches(x, channels);
-                long block = Math.max(1, BLOCK_BYTES / rowBytes);
-                long end = touch ? row1 * rowBytes : 0;
-                int sink = 0;
-                for (long r = row0; r < row1; r += block) {
-                    long r1 = Math.min(r + block, row1), next = r1 * rowBytes;
-                    for (int g = 0; g < groups; g++) {
-                        long t = next + g * block * TOUCH_STEP;
-                        sink += moments64(x, rowBytes, r, r1, c0 + 64 * g, shift, s1, s2, t,
-                                Math.max(t, Math.min(end, t + block * TOUCH_STEP)));
-                    }
-                }
-                touched = sink;
             }
+            touched = sink;
             c0 += 64 * groups;
         }
         int rowBlock = channels >= WIDE_ROW_CHANNELS ? WIDE_ROW_BLOCK : ROW_BLOCK;
@@ -962,28 +955,20 @@ final class VectorKernels implements BatchNormKernels {
         }
         long rowBytes = 4L * channels;
         if (DL == 8 && channels <= REGISTER_ROW_MAX) {
-            // As in rowMoments; the touch reads both tensors' next block.
+            // As in rowMoments; the read-ahead reads both tensors' next block.
             int groups = (c1 - c0) / 64;
-            if (channels <= 64) {
+            long block = Math.max(1, BLOCK_BYTES / rowBytes);
+            long end = touches(x, channels) ? row1 * rowBytes : 0;
+            int sink = 0;
+            for (long r = row0; r < row1; r += block) {
+                long r1 = Math.min(r + block, row1), next = r1 * rowBytes;
                 for (int g = 0; g < groups; g++) {
-                    gradientSums64(x, dy, rowBytes, row0, row1, c0 + 64 * g, mean, sumDy,
-                            sumDyXmu, 0, 0);
+                    long t = next + g * block * TOUCH_STEP;
+                    sink += gradientSums64(x, dy, rowBytes, r, r1, c0 + 64 * g, mean, sumDy,
+                            sumDyXmu, t, Math.max(t, Math.min(end, t + block * TOUCH_STEP)));
                 }
-            } else {
-                boolean touch = touches(x, channels);
-                long block = Math.max(1, BLOCK_BYTES / rowBytes);
-                long end = touch ? row1 * rowBytes : 0;
-                int sink = 0;
-                for (long r = row0; r < row1; r += block) {
-                    long r1 = Math.min(r + block, row1), next = r1 * rowBytes;
-                    for (int g = 0; g < groups; g++) {
-                        long t = next + g * block * TOUCH_STEP;
-                        sink += gradientSums64(x, dy, rowBytes, r, r1, c0 + 64 * g, mean, sumDy,
-                                sumDyXmu, t, Math.max(t, Math.min(end, t + block * TOUCH_STEP)));
-                    }
-                }
-                touched = sink;
             }
+            touched = sink;
             c0 += 64 * groups;
         }
         int rowBlock = channels >= WIDE_ROW_CHANNELS ? WIDE_ROW_BLOCK : ROW_BLOCK;

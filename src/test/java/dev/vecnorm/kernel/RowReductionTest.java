@@ -11,14 +11,14 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
- * groups over the whole row range (64 channels or fewer), the same groups over 128 KiB row blocks
- * (up to 1023 channels; from 256 channels with a read-ahead of the next block when x is larger than
- * 16 MiB), and row blocks of 4 or 8 rows updating accumulators in arrays (the rest, and every other
- * width). Each must give the bits of the scalar kernels (one double accumulator per channel, rows
- * added in order). The engine's chunks are rarely longer than one block on test-sized tensors, so
- * this calls the kernels directly on row ranges that span several blocks and end in a partial one;
- * x and dy end exactly at the range's last row, so a read-ahead past it would throw (the read-ahead
- * cases use 17 MB tensors and the rows at their end).
+ * groups over 128 KiB row blocks (up to 1023 channels; from 256 channels with a read-ahead of the
+ * next block when x is larger than 16 MiB), and row blocks of 4 or 8 rows updating accumulators in
+ * arrays (the rest, and every other width). Each must give the bits of the scalar kernels (one
+ * double accumulator per channel, rows added in order). The engine's chunks are rarely longer than
+ * one block on test-sized tensors, so this calls the kernels directly on row ranges that span
+ * several blocks and end in a partial one; x and dy end exactly at the range's last row, so a
+ * read-ahead past it would throw (the read-ahead cases use 17 MB tensors and the rows at their
+ * end).
  */
 class RowReductionTest {
 
@@ -27,7 +27,7 @@ class RowReductionTest {
 
     @ParameterizedTest(name = "channels {0}, rows [{1}, {2}), channels [{3}, {4})")
     @CsvSource({
-        "64, 3, 700, 0, 64",        // one register group, whole range
+        "64, 3, 700, 0, 64",        // one register group, blocks of 512 rows
         "128, 3, 1200, 0, 128",     // blocks of 256 rows: 4 full, 1 partial
         "200, 1, 800, 0, 200",      // three groups in blocks of 163 rows, 8 channels in row blocks
         "256, 5, 400, 0, 256",      // blocks of 128 rows
