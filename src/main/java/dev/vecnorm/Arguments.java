@@ -1,123 +1,144 @@
 package dev.vecnorm;
 
 import java.lang.foreign.MemorySegment;
-import java.util.ArrayList;
-import java.util.List;
+import java.util.Arrays;
 import java.util.Objects;
-import java.util.Optional;
 
 /**
  * Checks the segments of one kernel call before anything is written. Every message names the
  * argument, what was expected and what was given.
+ *
+ * <p>A call allocates nothing here: each thread reuses one instance ({@link #start()}), whose
+ * slots {@link #finish} empties again, so that it never keeps a caller's segment reachable, and
+ * overlaps of native segments are computed from their addresses. Nothing that runs between
+ * {@code start} and {@code finish} can call back into vecnorm, so one instance per thread is
+ * enough.
  */
 final class Arguments {
 
-    private record Named(String name, MemorySegment segment) {
+    /** The most segments of any call (backward: five inputs and three outputs). */
+    private static final int CAPACITY = 8;
+    private static final ThreadLocal<Arguments> PER_THREAD = ThreadLocal.withInitial(Arguments::new);
+
+    private final String[] names = new String[CAPACITY];
+    private final MemorySegment[] segments = new MemorySegment[CAPACITY];
+    private final boolean[] written = new boolean[CAPACITY];
+    private int count;
+
+    private Arguments() {
     }
 
-    private final List<Named> inputs = new ArrayList<>();
-    private final List<Named> outputs = new ArrayList<>();
+    /** This thread's instance, empty. */
+    static Arguments start() {
+        Arguments a = PER_THREAD.get();
+        a.clear();
+        return a;
+    }
 
     /** A tensor or channel vector that is read; {@code optional} allows null. */
     Arguments input(String name, MemorySegment s, long floats, String what, boolean optional) {
-        if (check(name, s, floats, what, optional)) {
-            inputs.add(new Named(name, s));
-        }
-        return this;
+        return add(name, s, floats, what, optional, false);
     }
 
     /** A segment that is written; it must be writable. */
     Arguments output(String name, MemorySegment s, long floats, String what, boolean optional) {
-        if (check(name, s, floats, what, optional)) {
-            if (s.isReadOnly()) {
-                throw new IllegalArgumentException(name + ": expected a writable segment, got a read-only one");
-            }
-            outputs.add(new Named(name, s));
-        }
-        return this;
+        return add(name, s, floats, what, optional, true);
     }
 
     /**
-     * Rejects overlaps: an output may not overlap another output, nor an input unless the pair is
-     * listed in {@code inPlace} as {output, input} names and the two are exactly the same region.
+     * Rejects overlaps and empties the slots: an output may not overlap another output, nor an
+     * input unless it is the pair ({@code inPlaceOutput}, {@code inPlaceInput}) and the two are
+     * exactly the same region. Returns true when every segment may be read and written from
+     * another thread.
      */
-    void checkOverlaps(String... inPlace) {
-        for (int i = 0; i < outputs.size(); i++) {
-            Named out = outputs.get(i);
-            for (int j = i + 1; j < outputs.size(); j++) {
-                rejectOverlap(out, outputs.get(j), "output");
-            }
-            for (Named in : inputs) {
-                if (allowed(inPlace, out.name, in.name) && sameRegion(out.segment, in.segment)) {
+    boolean finish(String inPlaceOutput, String inPlaceInput) {
+        try {
+            for (int i = 0; i < count; i++) {
+                if (!written[i]) {
                     continue;
                 }
-                rejectOverlap(out, in, "input");
+                for (int j = 0; j < count; j++) {
+                    if (j == i || (written[j] && j < i)) {
+                        continue;                  // each pair of outputs once
+                    }
+                    boolean inPlace = !written[j] && names[i].equals(inPlaceOutput)
+                            && names[j].equals(inPlaceInput);
+                    rejectOverlap(i, j, inPlace);
+                }
             }
-        }
-    }
-
-    /** True when every segment of the call may be read and written from another thread. */
-    boolean shareable() {
-        for (Named s : inputs) {
-            if (!s.segment.isAccessibleBy(PROBE)) {
-                return false;
+            for (int i = 0; i < count; i++) {
+                if (!segments[i].isAccessibleBy(PROBE)) {
+                    return false;
+                }
             }
+            return true;
+        } finally {
+            clear();
         }
-        for (Named s : outputs) {
-            if (!s.segment.isAccessibleBy(PROBE)) {
-                return false;
-            }
-        }
-        return true;
     }
 
     /** Never started: only asked whether a segment is confined to the calling thread. */
     private static final Thread PROBE = Thread.ofPlatform().unstarted(() -> { });
 
-    private static boolean allowed(String[] inPlace, String output, String input) {
-        for (int k = 0; k + 1 < inPlace.length; k += 2) {
-            if (inPlace[k].equals(output) && inPlace[k + 1].equals(input)) {
-                return true;
+    private Arguments add(String name, MemorySegment s, long floats, String what, boolean optional,
+                          boolean output) {
+        try {
+            if (s == null) {
+                if (optional) {
+                    return this;
+                }
+                Objects.requireNonNull(s, name + ": expected a segment of " + floats + " floats ("
+                        + what + "), got null");
             }
-        }
-        return false;
-    }
-
-    private static void rejectOverlap(Named out, Named other, String kind) {
-        Optional<MemorySegment> overlap = out.segment.asOverlappingSlice(other.segment);
-        if (overlap.isPresent()) {
-            throw new IllegalArgumentException(out.name + ": expected memory disjoint from " + kind
-                    + " " + other.name + ", got " + overlap.get().byteSize()
-                    + " overlapping bytes" + (sameRegion(out.segment, other.segment)
-                    ? " (the same segment; only the documented in-place pairs may alias)" : ""));
-        }
-    }
-
-    private static boolean sameRegion(MemorySegment a, MemorySegment b) {
-        if (a.byteSize() != b.byteSize()) {
-            return false;
-        }
-        Optional<MemorySegment> overlap = a.asOverlappingSlice(b);
-        return overlap.isPresent() && overlap.get().byteSize() == a.byteSize();
-    }
-
-    private static boolean check(String name, MemorySegment s, long floats, String what,
-                                 boolean optional) {
-        if (s == null) {
-            if (optional) {
-                return false;
+            if (!s.scope().isAlive()) {
+                throw new IllegalArgumentException(name + ": expected a live segment, got one whose arena is closed");
             }
-            Objects.requireNonNull(s, name + ": expected a segment of " + floats + " floats ("
-                    + what + "), got null");
+            long expected = floats * Float.BYTES;
+            if (s.byteSize() != expected) {
+                throw new IllegalArgumentException(name + ": expected " + expected + " bytes (" + floats
+                        + " floats, " + what + "), got " + s.byteSize() + " bytes");
+            }
+            if (output && s.isReadOnly()) {
+                throw new IllegalArgumentException(name + ": expected a writable segment, got a read-only one");
+            }
+        } catch (RuntimeException e) {
+            clear();
+            throw e;
         }
-        if (!s.scope().isAlive()) {
-            throw new IllegalArgumentException(name + ": expected a live segment, got one whose arena is closed");
+        names[count] = name;
+        segments[count] = s;
+        written[count] = output;
+        count++;
+        return this;
+    }
+
+    /** Throws unless slots i (an output) and j are disjoint, or the same region when in place. */
+    private void rejectOverlap(int i, int j, boolean inPlace) {
+        MemorySegment out = segments[i], other = segments[j];
+        long overlap = overlapBytes(out, other);
+        if (overlap == 0 || (inPlace && overlap == out.byteSize() && overlap == other.byteSize())) {
+            return;
         }
-        long expected = floats * Float.BYTES;
-        if (s.byteSize() != expected) {
-            throw new IllegalArgumentException(name + ": expected " + expected + " bytes (" + floats
-                    + " floats, " + what + "), got " + s.byteSize() + " bytes");
+        boolean same = overlap == out.byteSize() && overlap == other.byteSize();
+        throw new IllegalArgumentException(names[i] + ": expected memory disjoint from "
+                + (written[j] ? "output " : "input ") + names[j] + ", got " + overlap
+                + " overlapping bytes" + (same
+                ? " (the same segment; only the documented in-place pairs may alias)" : ""));
+    }
+
+    /** Bytes that a and b share: from their addresses when both are native, else the JDK's answer. */
+    private static long overlapBytes(MemorySegment a, MemorySegment b) {
+        if (a.isNative() && b.isNative()) {
+            long from = Math.max(a.address(), b.address());
+            long to = Math.min(a.address() + a.byteSize(), b.address() + b.byteSize());
+            return Math.max(0, to - from);
         }
-        return true;
+        return a.asOverlappingSlice(b).map(MemorySegment::byteSize).orElse(0L);
+    }
+
+    private void clear() {
+        Arrays.fill(names, 0, count, null);
+        Arrays.fill(segments, 0, count, null);
+        count = 0;
     }
 }

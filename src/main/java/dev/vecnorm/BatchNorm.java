@@ -127,15 +127,15 @@ public final class BatchNorm {
         requireBatchOfMany("forwardTraining");
         long e = shape.elements();
         int c = shape.channels();
-        Arguments args = new Arguments()
+        boolean shareable = Arguments.start()
                 .input("x", x, e, "the input tensor", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .output("y", y, e, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
-                .output("variance", variance, c, "one variance per channel", false);
-        args.checkOverlaps("y", "x");
-        engineFor(args).forwardTraining(x, gamma, beta, y, mean, variance);
+                .output("variance", variance, c, "one variance per channel", false)
+                .finish("y", "x");
+        engineFor(shareable).forwardTraining(x, gamma, beta, y, mean, variance);
     }
 
     /**
@@ -150,15 +150,15 @@ public final class BatchNorm {
                                  MemorySegment mean, MemorySegment variance, MemorySegment y) {
         long e = shape.elements();
         int c = shape.channels();
-        Arguments args = new Arguments()
+        boolean shareable = Arguments.start()
                 .input("x", x, e, "the input tensor", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
-                .output("y", y, e, "the output tensor", false);
-        args.checkOverlaps("y", "x");
-        engineFor(args).forwardInference(x, gamma, beta, mean, variance, y);
+                .output("y", y, e, "the output tensor", false)
+                .finish("y", "x");
+        engineFor(shareable).forwardInference(x, gamma, beta, mean, variance, y);
     }
 
     /**
@@ -179,8 +179,8 @@ public final class BatchNorm {
                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
                          MemorySegment dbeta) {
         requireBatchOfMany("backward");
-        Arguments args = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
-        engineFor(args).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false);
+        boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
+        engineFor(shareable).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false);
     }
 
     /**
@@ -196,17 +196,17 @@ public final class BatchNorm {
                                              MemorySegment mean, MemorySegment variance,
                                              MemorySegment dx, MemorySegment dgamma,
                                              MemorySegment dbeta) {
-        Arguments args = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
-        engineFor(args).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, true);
+        boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
+        engineFor(shareable).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, true);
     }
 
-    private Arguments backwardArguments(MemorySegment x, MemorySegment dy, MemorySegment gamma,
+    private boolean backwardArguments(MemorySegment x, MemorySegment dy, MemorySegment gamma,
                                         MemorySegment mean, MemorySegment variance,
                                         MemorySegment dx, MemorySegment dgamma,
                                         MemorySegment dbeta) {
         long e = shape.elements();
         int c = shape.channels();
-        Arguments args = new Arguments()
+        boolean shareable = Arguments.start()
                 .input("x", x, e, "the forward input tensor", false)
                 .input("dy", dy, e, "the gradient of the output", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
@@ -214,9 +214,9 @@ public final class BatchNorm {
                 .input("variance", variance, c, "one variance per channel", false)
                 .output("dx", dx, e, "the gradient of the input", false)
                 .output("dgamma", dgamma, c, "one gradient per channel", true)
-                .output("dbeta", dbeta, c, "one gradient per channel", true);
-        args.checkOverlaps("dx", "dy");
-        return args;
+                .output("dbeta", dbeta, c, "one gradient per channel", true)
+                .finish("dx", "dy");
+        return shareable;
     }
 
     /**
@@ -237,12 +237,12 @@ public final class BatchNorm {
                                         MemorySegment runningMean, MemorySegment runningVariance) {
         requireBatchOfMany("updateRunningStatistics");
         int c = shape.channels();
-        new Arguments()
+        Arguments.start()
                 .input("mean", mean, c, "the batch mean per channel", false)
                 .input("variance", variance, c, "the biased batch variance per channel", false)
                 .output("runningMean", runningMean, c, "one running mean per channel", false)
                 .output("runningVariance", runningVariance, c, "one running variance per channel", false)
-                .checkOverlaps();
+                .finish(null, null);
         long m = shape.perChannel();
         double unbias = (double) m / (m - 1);
         double keep = 1.0 - momentum;
@@ -262,8 +262,8 @@ public final class BatchNorm {
         }
     }
 
-    private BatchNormEngine engineFor(Arguments args) {
-        return engine == serial || args.shareable() ? engine : serial;
+    private BatchNormEngine engineFor(boolean shareable) {
+        return shareable ? engine : serial;
     }
 
     @Override

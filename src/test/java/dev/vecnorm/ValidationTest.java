@@ -130,6 +130,71 @@ class ValidationTest {
     }
 
     @Test
+    void overlapsOfHeapSegmentsAreRejectedWithTheirSize() {
+        // Heap segments take the JDK's overlap test, native ones an address comparison: the
+        // same rule and the same message for both.
+        float[] backing = new float[E + 4];
+        MemorySegment heap = MemorySegment.ofArray(backing);
+        MemorySegment a = heap.asSlice(0, 4L * E), b = heap.asSlice(16, 4L * E);
+        rejects(IllegalArgumentException.class, () -> bn.forwardInference(a, gamma, beta, mean, var, b),
+                "y:", "disjoint from input x", "got " + (4 * E - 16) + " overlapping bytes");
+        MemorySegment big = sentinel(E + 4);
+        MemorySegment c = big.asSlice(0, 4L * E), d = big.asSlice(16, 4L * E);
+        rejects(IllegalArgumentException.class, () -> bn.forwardInference(c, gamma, beta, mean, var, d),
+                "y:", "disjoint from input x", "got " + (4 * E - 16) + " overlapping bytes");
+        // In place is exactly the same region, on the heap too: accepted, and the same bits.
+        MemorySegment m = Segments.of(arena, new float[] {0.5f, -1, 2});
+        MemorySegment v = Segments.of(arena, new float[] {1, 0.25f, 4});
+        float[] h = Segments.toArray(x);
+        bn.forwardInference(MemorySegment.ofArray(h), gamma, beta, m, v, MemorySegment.ofArray(h));
+        bn.forwardInference(x, gamma, beta, m, v, y);
+        assertTrue(Arrays.equals(Segments.toArray(y), h), "in place on the heap differs from out of place");
+    }
+
+    @Test
+    void rejectedCallsLeaveNothingBehindForTheNextCall() {
+        // Each thread reuses one set of argument slots; a call that fails half-way through its
+        // checks must not disturb the calls after it (stale segments, or no free slot left).
+        MemorySegment shortVar = var.asSlice(0, 8);
+        for (int i = 0; i < 20; i++) {
+            rejects(IllegalArgumentException.class,
+                    () -> bn.backward(x, dy, gamma, mean, var, dx, dgamma, shortVar), "dbeta:");
+            rejects(IllegalArgumentException.class,
+                    () -> bn.forwardTraining(x, gamma, beta, y, mean, mean), "mean:");
+        }
+        bn.forwardTraining(x, gamma, beta, y, mean, var);
+        float[] out = Segments.toArray(y);
+        for (int i = 0; i < E; i++) {
+            assertTrue(out[i] != SENTINEL && Float.isFinite(out[i]), "y[" + i + "] = " + out[i]);
+        }
+    }
+
+    @Test
+    void aCallKeepsNoReferenceToTheCallersMemory() throws InterruptedException {
+        // The per-thread argument slots and scratch hold a call's segments only during the call,
+        // also when its checks fail. A heap tensor that only vecnorm could still reach would
+        // never be collected.
+        var collected = new java.lang.ref.WeakReference<>(callOnHeapTensors());
+        for (int i = 0; i < 50 && collected.get() != null; i++) {
+            System.gc();
+            Thread.sleep(10);
+        }
+        assertEquals(null, collected.get(), "vecnorm kept the caller's heap tensor reachable");
+    }
+
+    private float[] callOnHeapTensors() {
+        float[] h = Segments.toArray(x);
+        MemorySegment heap = MemorySegment.ofArray(h);
+        bn.forwardTraining(heap, null, null, heap, mean, var);
+        bn.backward(heap, MemorySegment.ofArray(Segments.toArray(dy)), null, mean, var, dx, null, null);
+        // Rejected after x and y took their slots: the last thing this thread's slots saw.
+        MemorySegment shortVar = var.asSlice(0, 8);
+        assertThrows(IllegalArgumentException.class,
+                () -> bn.forwardTraining(heap, null, null, heap, mean, shortVar));
+        return h;
+    }
+
+    @Test
     void badEpsilonMomentumAndParallelismAreRejected() {
         for (float eps : new float[] {0f, -1e-5f, Float.NaN, Float.POSITIVE_INFINITY}) {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,

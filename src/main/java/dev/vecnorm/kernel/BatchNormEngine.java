@@ -5,6 +5,7 @@ import dev.vecnorm.TensorShape;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.concurrent.ExecutorService;
+import java.util.function.ObjIntConsumer;
 
 /**
  * Drives the kernels for one shape: splits each reduction into fixed chunks, merges the chunks'
@@ -111,48 +112,120 @@ public final class BatchNormEngine {
         try {
             float[] g = channelVector(gamma, 1f, w.g);
             float[] b = channelVector(beta, 0f, w.b);
-            float[] mu = w.mu, scale = w.scale, offset = w.offset;
             ChannelMoments moments = w.moments;
             moments.reset();
             double[] shift = shifts(x, w.shift);
+            w.x = x;
+            w.y = y;
+            w.mean = mean;
+            w.variance = variance;
             if (channelBlock > 0) {
-                double[] s1 = w.clear(w.s1[0]), s2 = w.clear(w.s2[0]);
-                workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
-                    int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-                    for (int k = 0; k < chunks; k++) {
-                        for (int img = (int) start(k); img < start(k + 1); img++) {
-                            kernels.planesMoments(x, channels, spatial, img * channels + c0,
-                                    img * channels + c1, shift, s1, s2);
-                        }
-                        long values = (start(k + 1) - start(k)) * spatial;
-                        for (int c = c0; c < c1; c++) {
-                            moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
-                            s1[c] = 0;
-                            s2[c] = 0;
-                        }
-                    }
-                    for (int c = c0; c < c1; c++) {
-                        trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
-                    }
-                    for (int img = 0; img < n; img++) {
-                        kernels.planesNormalize(x, y, channels, spatial, img * channels + c0,
-                                img * channels + c1, mu, scale, offset);
-                    }
-                });
+                w.clear(w.s1[0]);
+                w.clear(w.s2[0]);
+                workers.run(Math.ceilDiv(channels, channelBlock), w, trainingBlock);
                 return;
             }
-            statistics(x, shift, w, moments);
+            statistics(shift, w, moments);
             for (int c = 0; c < channels; c++) {
-                trainingParameters(c, moments, g, b, mean, variance, mu, scale, offset);
+                trainingParameters(c, moments, g, b, mean, variance, w.mu, w.scale, w.offset);
             }
-            transform(x, y, mu, scale, offset);
+            transform(w, x, y, w.mu, w.scale, w.offset);
         } finally {
             release(w);
         }
     }
 
+    /**
+     * The tasks handed to {@link Workers}: made once per engine, and given the call's scratch
+     * (its segments and arrays), so that a call allocates no lambda.
+     */
+    private final ObjIntConsumer<Scratch> trainingBlock = this::trainingBlock;
+    private final ObjIntConsumer<Scratch> backwardBlock = this::backwardBlock;
+    private final ObjIntConsumer<Scratch> planeMoments = this::planeMoments;
+    private final ObjIntConsumer<Scratch> rowMoments = this::rowMoments;
+    private final ObjIntConsumer<Scratch> planeNormalize = this::planeNormalize;
+    private final ObjIntConsumer<Scratch> rowNormalize = this::rowNormalize;
+    private final ObjIntConsumer<Scratch> planeGradientSums = this::planeGradientSums;
+    private final ObjIntConsumer<Scratch> rowGradientSums = this::rowGradientSums;
+    private final ObjIntConsumer<Scratch> planeGradientInput = this::planeGradientInput;
+    private final ObjIntConsumer<Scratch> rowGradientInput = this::rowGradientInput;
+
+    /** Statistics of chunk k: images [start(k), start(k + 1)). */
+    private void planeMoments(Scratch w, int k) {
+        kernels.planesMoments(w.x, channels, spatial, (int) start(k) * channels,
+                (int) start(k + 1) * channels, w.shift, w.s1[k], w.s2[k]);
+    }
+
+    /** Statistics of chunk k: rows [start(k), start(k + 1)). */
+    private void rowMoments(Scratch w, int k) {
+        kernels.rowMoments(w.x, channels, start(k), start(k + 1), 0, channels, w.shift, w.s1[k],
+                w.s2[k]);
+    }
+
+    /** Transform task t of {@link #planeTasks()}. */
+    private void planeNormalize(Scratch w, int t) {
+        int tasks = planeTasks();
+        kernels.planesNormalize(w.in, w.out, channels, spatial, planeBoundary(t, tasks),
+                planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset);
+    }
+
+    /** Transform task t of {@link #rowTasks()}. */
+    private void rowNormalize(Scratch w, int t) {
+        int tasks = rowTasks();
+        kernels.rowNormalize(w.in, w.out, channels, m * t / tasks, m * (t + 1) / tasks, 0,
+                channels, w.tMu, w.tScale, w.tOffset);
+    }
+
+    private void planeGradientSums(Scratch w, int k) {
+        kernels.planesGradientSums(w.x, w.dy, channels, spatial, (int) start(k) * channels,
+                (int) start(k + 1) * channels, w.meanD, w.s1[k], w.s2[k]);
+    }
+
+    private void rowGradientSums(Scratch w, int k) {
+        kernels.rowGradientSums(w.x, w.dy, channels, start(k), start(k + 1), 0, channels, w.meanD,
+                w.s1[k], w.s2[k]);
+    }
+
+    /** dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
+    private void planeGradientInput(Scratch w, int t) {
+        int tasks = planeTasks();
+        kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, planeBoundary(t, tasks),
+                planeBoundary(t + 1, tasks), w.mu, w.scale, w.offset, w.b);
+    }
+
+    private void rowGradientInput(Scratch w, int t) {
+        int tasks = rowTasks();
+        kernels.rowGradientInput(w.x, w.dy, w.dx, channels, m * t / tasks, m * (t + 1) / tasks, 0,
+                channels, w.mu, w.scale, w.offset, w.b);
+    }
+
+    /** NCHW channel block {@code blk}: its statistics, then its transform (see {@link #channelBlock}). */
+    private void trainingBlock(Scratch w, int blk) {
+        int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
+        double[] s1 = w.s1[0], s2 = w.s2[0], shift = w.shift;
+        for (int k = 0; k < chunks; k++) {
+            for (int img = (int) start(k); img < start(k + 1); img++) {
+                kernels.planesMoments(w.x, channels, spatial, img * channels + c0,
+                        img * channels + c1, shift, s1, s2);
+            }
+            long values = (start(k + 1) - start(k)) * spatial;
+            for (int c = c0; c < c1; c++) {
+                w.moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
+                s1[c] = 0;
+                s2[c] = 0;
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            trainingParameters(c, w.moments, w.g, w.b, w.mean, w.variance, w.mu, w.scale, w.offset);
+        }
+        for (int img = 0; img < n; img++) {
+            kernels.planesNormalize(w.x, w.y, channels, spatial, img * channels + c0,
+                    img * channels + c1, w.mu, w.scale, w.offset);
+        }
+    }
+
     /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
-    private void statistics(MemorySegment x, double[] shift, Scratch w, ChannelMoments moments) {
+    private void statistics(double[] shift, Scratch w, ChannelMoments moments) {
         // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
         // row after row); partial sums per chunk and channel, merged in chunk order.
         double[][] s1 = w.s1, s2 = w.s2;
@@ -161,12 +234,8 @@ public final class BatchNormEngine {
                 w.clear(s1[k]);
                 w.clear(s2[k]);
             }
-            workers.run(chunks, k -> kernels.planesMoments(x, channels, spatial,
-                    (int) start(k) * channels, (int) start(k + 1) * channels, shift, s1[k], s2[k]));
-        } else {
-            workers.run(chunks, k -> kernels.rowMoments(x, channels, start(k), start(k + 1), 0,
-                    channels, shift, s1[k], s2[k]));
         }
+        workers.run(chunks, w, nchw ? planeMoments : rowMoments);
         for (int k = 0; k < chunks; k++) {
             long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
             for (int c = 0; c < channels; c++) {
@@ -222,25 +291,22 @@ public final class BatchNormEngine {
             for (int c = 0; c < channels; c++) {
                 scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
             }
-            transform(x, y, mu, scale, b);
+            transform(w, x, y, mu, scale, b);
         } finally {
             release(w);
         }
     }
 
     /** y = fma(x - mu[c], scale[c], offset[c]) over the whole tensor, split for the workers. */
-    private void transform(MemorySegment x, MemorySegment y, float[] mu, float[] scale,
+    private void transform(Scratch w, MemorySegment x, MemorySegment y, float[] mu, float[] scale,
                            float[] offset) {
-        if (nchw) {
-            // Memory order, plane after plane: one sequential stream for the prefetchers.
-            int tasks = planeTasks();
-            workers.run(tasks, t -> kernels.planesNormalize(x, y, channels, spatial,
-                    planeBoundary(t, tasks), planeBoundary(t + 1, tasks), mu, scale, offset));
-        } else {
-            int tasks = rowTasks();
-            workers.run(tasks, t -> kernels.rowNormalize(x, y, channels, m * t / tasks,
-                    m * (t + 1) / tasks, 0, channels, mu, scale, offset));
-        }
+        w.in = x;
+        w.out = y;
+        w.tMu = mu;
+        w.tScale = scale;
+        w.tOffset = offset;
+        // NCHW in memory order, plane after plane: one sequential stream for the prefetchers.
+        workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeNormalize : rowNormalize);
     }
 
     // -------------------------------------------------------------------------------- backward
@@ -269,53 +335,57 @@ public final class BatchNormEngine {
         float[] mu = channelVector(mean, 0f, w.mu);
         float[] var = channelVector(variance, 0f, w.var);
         boolean sums = !frozen || dgamma != null || dbeta != null;
+        // The coefficients of dx: a, b and c of gradientCoefficients.
         float[] a = w.scale, bb = w.offset, cc = w.b;
-        double[] meanD = widen(mu, w.meanD);
         double[] sumDy = w.clear(w.sumDy), sumDyXmu = w.clear(w.sumDyXmu);
+        widen(mu, w.meanD);
+        w.x = x;
+        w.dy = dy;
+        w.dx = dx;
+        w.dgamma = dgamma;
+        w.dbeta = dbeta;
         if (channelBlock > 0 && !frozen) {
-            double[] s1 = w.clear(w.s1[0]), s2 = w.clear(w.s2[0]);
-            workers.run(Math.ceilDiv(channels, channelBlock), blk -> {
-                int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-                for (int k = 0; k < chunks; k++) {
-                    for (int img = (int) start(k); img < start(k + 1); img++) {
-                        kernels.planesGradientSums(x, dy, channels, spatial, img * channels + c0,
-                                img * channels + c1, meanD, s1, s2);
-                    }
-                    for (int c = c0; c < c1; c++) {
-                        sumDy[c] += s1[c];
-                        sumDyXmu[c] += s2[c];
-                        s1[c] = 0;
-                        s2[c] = 0;
-                    }
-                }
-                for (int c = c0; c < c1; c++) {
-                    gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
-                }
-                for (int img = 0; img < n; img++) {
-                    kernels.planesGradientInput(x, dy, dx, channels, spatial, img * channels + c0,
-                            img * channels + c1, mu, a, bb, cc);
-                }
-            });
+            w.clear(w.s1[0]);
+            w.clear(w.s2[0]);
+            workers.run(Math.ceilDiv(channels, channelBlock), w, backwardBlock);
             return;
         }
         if (sums) {
-            gradientSums(x, dy, meanD, sumDy, sumDyXmu, w);
+            gradientSums(sumDy, sumDyXmu, w);
         }
         for (int c = 0; c < channels; c++) {
             gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
         }
         if (frozen) {
-            transform(dy, dx, w.zero, a, w.zero);       // dx = fma(dy - 0, a, 0) = round(a * dy)
+            transform(w, dy, dx, w.zero, a, w.zero);    // dx = fma(dy - 0, a, 0) = round(a * dy)
             return;
         }
-        if (nchw) {
-            int tasks = planeTasks();
-            workers.run(tasks, t -> kernels.planesGradientInput(x, dy, dx, channels, spatial,
-                    planeBoundary(t, tasks), planeBoundary(t + 1, tasks), mu, a, bb, cc));
-        } else {
-            int tasks = rowTasks();
-            workers.run(tasks, t -> kernels.rowGradientInput(x, dy, dx, channels, m * t / tasks,
-                    m * (t + 1) / tasks, 0, channels, mu, a, bb, cc));
+        workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
+    }
+
+    /** NCHW channel block {@code blk}: its gradient sums, then its dx (see {@link #channelBlock}). */
+    private void backwardBlock(Scratch w, int blk) {
+        int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
+        double[] s1 = w.s1[0], s2 = w.s2[0], sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
+        for (int k = 0; k < chunks; k++) {
+            for (int img = (int) start(k); img < start(k + 1); img++) {
+                kernels.planesGradientSums(w.x, w.dy, channels, spatial, img * channels + c0,
+                        img * channels + c1, w.meanD, s1, s2);
+            }
+            for (int c = c0; c < c1; c++) {
+                sumDy[c] += s1[c];
+                sumDyXmu[c] += s2[c];
+                s1[c] = 0;
+                s2[c] = 0;
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            gradientCoefficients(c, w.g, w.var, sumDy[c], sumDyXmu[c], w.dgamma, w.dbeta, w.scale,
+                    w.offset, w.b);
+        }
+        for (int img = 0; img < n; img++) {
+            kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, img * channels + c0,
+                    img * channels + c1, w.mu, w.scale, w.offset, w.b);
         }
     }
 
@@ -342,20 +412,15 @@ public final class BatchNormEngine {
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
-    private void gradientSums(MemorySegment x, MemorySegment dy, double[] meanD, double[] sumDy,
-                              double[] sumDyXmu, Scratch w) {
+    private void gradientSums(double[] sumDy, double[] sumDyXmu, Scratch w) {
         double[][] s1 = w.s1, s2 = w.s2;
         if (nchw) {
             for (int k = 0; k < chunks; k++) {
                 w.clear(s1[k]);
                 w.clear(s2[k]);
             }
-            workers.run(chunks, k -> kernels.planesGradientSums(x, dy, channels, spatial,
-                    (int) start(k) * channels, (int) start(k + 1) * channels, meanD, s1[k], s2[k]));
-        } else {
-            workers.run(chunks, k -> kernels.rowGradientSums(x, dy, channels, start(k),
-                    start(k + 1), 0, channels, meanD, s1[k], s2[k]));
         }
+        workers.run(chunks, w, nchw ? planeGradientSums : rowGradientSums);
         for (int k = 0; k < chunks; k++) {
             for (int c = 0; c < channels; c++) {
                 sumDy[c] += s1[k][c];
@@ -437,6 +502,7 @@ public final class BatchNormEngine {
     }
 
     private static void release(Scratch w) {
+        w.endCall();
         w.busy = false;
     }
 
@@ -448,6 +514,13 @@ public final class BatchNormEngine {
         final double[] shift, meanD, sumDy, sumDyXmu;
         final double[][] s1, s2;
         final ChannelMoments moments;
+        /**
+         * The call in progress, for the tasks: its segments (dropped when it ends, so that the
+         * scratch keeps no caller's memory reachable) and the transform's input, output and
+         * parameter arrays.
+         */
+        MemorySegment x, y, dy, dx, mean, variance, dgamma, dbeta, in, out;
+        float[] tMu, tScale, tOffset;
 
         Scratch(int channels, int chunks) {
             g = new float[channels];
@@ -464,6 +537,10 @@ public final class BatchNormEngine {
             s1 = new double[chunks][channels];
             s2 = new double[chunks][channels];
             moments = new ChannelMoments(channels);
+        }
+
+        void endCall() {
+            x = y = dy = dx = mean = variance = dgamma = dbeta = in = out = null;
         }
 
         double[] clear(double[] v) {

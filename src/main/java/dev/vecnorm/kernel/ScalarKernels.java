@@ -22,10 +22,17 @@ public final class ScalarKernels implements BatchNormKernels {
     /** Scratch of the per-plane reductions: [0, 2) results, [2, 34) and [34, 66) the lanes. */
     private static final int SCRATCH = 2 + 2 * LANES;
 
+    /**
+     * Each thread's scratch for the per-plane reductions, here and in the vector kernels' any-width
+     * loops, so that a call allocates nothing. Those loops call nothing that takes it again, so one
+     * per thread is enough.
+     */
+    static final ThreadLocal<double[]> PLANE_SCRATCH = ThreadLocal.withInitial(() -> new double[SCRATCH]);
+
     @Override
     public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
                               double[] shift, double[] s1, double[] s2) {
-        double[] t = new double[SCRATCH];
+        double[] t = PLANE_SCRATCH.get();
         for (int p = p0, c = p0 % channels; p < p1; p++) {
             planeMoments(x, 4L * p * spatial, spatial, shift[c], t);
             s1[c] += t[0];
@@ -79,7 +86,7 @@ public final class ScalarKernels implements BatchNormKernels {
     public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
                                    int p0, int p1, double[] mean, double[] sumDy,
                                    double[] sumDyXmu) {
-        double[] t = new double[SCRATCH];
+        double[] t = PLANE_SCRATCH.get();
         for (int p = p0, c = p0 % channels; p < p1; p++) {
             planeGradientSums(x, dy, 4L * p * spatial, spatial, mean[c], t);
             sumDy[c] += t[0];

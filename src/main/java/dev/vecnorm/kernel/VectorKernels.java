@@ -166,7 +166,7 @@ final class VectorKernels implements BatchNormKernels {
         } else if (DL == 4) {
             moments8(x, first, stride, count, spatial, channels, c, shift, sums, squares);
         } else {
-            double[] t = new double[SCRATCH];
+            double[] t = ScalarKernels.PLANE_SCRATCH.get();
             for (int i = 0; i < count; i++) {
                 momentsAnyWidth(x, first + i * stride, spatial, shift[c], t);
                 sums[c] += t[0];
@@ -454,7 +454,7 @@ final class VectorKernels implements BatchNormKernels {
             gradientSums8(x, dy, first, stride, count, spatial, channels, c, mean, sumDy,
                     sumDyXmu);
         } else {
-            double[] t = new double[SCRATCH];
+            double[] t = ScalarKernels.PLANE_SCRATCH.get();
             for (int i = 0; i < count; i++) {
                 gradientSumsAnyWidth(x, dy, first + i * stride, spatial, mean[c], t);
                 sumDy[c] += t[0];

@@ -6,7 +6,7 @@ import java.util.concurrent.CancellationException;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Future;
-import java.util.function.IntConsumer;
+import java.util.function.ObjIntConsumer;
 
 /**
  * Runs {@code tasks} independent tasks on up to {@code parallelism} threads: the caller runs the
@@ -28,15 +28,16 @@ final class Workers {
     }
 
     /**
-     * Runs {@code task.accept(i)} for every i in [0, tasks), in contiguous shares. Returns only when
+     * Runs {@code task.accept(context, i)} for every i in [0, tasks), in contiguous shares (the
+     * caller's task and context are made once, so a call on one thread allocates nothing). Returns only when
      * every started share has finished; if any failed (or the executor refused one), throws after
      * that, so a caller never sees success with outputs half written.
      */
-    void run(int tasks, IntConsumer task) {
+    <T> void run(int tasks, T context, ObjIntConsumer<T> task) {
         int shares = Math.min(parallelism, tasks);
         if (shares <= 1) {
             for (int i = 0; i < tasks; i++) {
-                task.accept(i);
+                task.accept(context, i);
             }
             return;
         }
@@ -48,7 +49,7 @@ final class Workers {
             try {
                 started.add(executor.submit(() -> {
                     for (int i = from; i < to; i++) {
-                        task.accept(i);
+                        task.accept(context, i);
                     }
                 }));
             } catch (RuntimeException e) {          // RejectedExecutionException: executor shut down
@@ -60,7 +61,7 @@ final class Workers {
             try {
                 int to = (int) ((long) tasks / shares);
                 for (int i = 0; i < to; i++) {
-                    task.accept(i);
+                    task.accept(context, i);
                 }
             } catch (RuntimeException | Error e) {
                 failure = new IllegalStateException("vecnorm: a kernel task failed: " + e, e);

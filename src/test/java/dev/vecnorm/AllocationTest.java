@@ -1,0 +1,64 @@
+package dev.vecnorm;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import com.sun.management.ThreadMXBean;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.management.ManagementFactory;
+import org.junit.jupiter.api.Test;
+
+/**
+ * A call allocates nothing once the JIT has compiled it: engines call BatchNorm per layer and per
+ * step, and garbage per call would be garbage per layer. Measured with the thread's allocation
+ * counter over windows of calls on small tensors (where any per-call object would dominate);
+ * the JIT needs some calls before escape analysis and the Vector API's intrinsics apply, so the
+ * test looks for one window without a byte allocated among the first {@link #WINDOWS}. A single
+ * per-call object (16 bytes or more) makes every window allocate at least {@link #CALLS} x 16
+ * bytes, so the test cannot pass by chance.
+ */
+class AllocationTest {
+
+    static final int CALLS = 2_000;
+    static final int WINDOWS = 200;
+
+    @Test
+    void trainingInferenceAndBackwardAllocateNothingPerCall() {
+        for (TensorShape shape : new TensorShape[] {TensorShape.nchw(8, 64, 1, 1),
+                TensorShape.nchw(2, 16, 5, 7), TensorShape.nhwc(2, 24, 3, 3)}) {
+            try (Arena arena = Arena.ofConfined()) {
+                int e = (int) shape.elements(), c = shape.channels();
+                MemorySegment x = Segments.of(arena, TestData.gaussian(e, 1, 3));
+                MemorySegment dy = Segments.of(arena, TestData.gaussian(e, 2, 1));
+                MemorySegment gamma = Segments.of(arena, TestData.gaussian(c, 3, 1));
+                MemorySegment beta = Segments.of(arena, TestData.gaussian(c, 4, 1));
+                MemorySegment y = arena.allocate(4L * e, 64), dx = arena.allocate(4L * e, 64);
+                MemorySegment mean = arena.allocate(4L * c), var = arena.allocate(4L * c);
+                MemorySegment dgamma = arena.allocate(4L * c), dbeta = arena.allocate(4L * c);
+                BatchNorm bn = BatchNorm.builder(shape).build();
+                assertEquals(0, leastBytesPerWindow(() -> bn.forwardTraining(x, gamma, beta, y, mean, var)),
+                        "forwardTraining " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> bn.forwardInference(x, gamma, beta, mean, var, y)),
+                        "forwardInference " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> bn.forwardInference(x, gamma, beta, mean, var, x)),
+                        "forwardInference in place " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> bn.backward(x, dy, gamma, mean, var, dx, dgamma, dbeta)),
+                        "backward " + shape);
+            }
+        }
+    }
+
+    /** The fewest bytes this thread allocated in one window of calls, stopping at 0. */
+    private static long leastBytesPerWindow(Runnable call) {
+        ThreadMXBean threads = (ThreadMXBean) ManagementFactory.getThreadMXBean();
+        long least = Long.MAX_VALUE;
+        for (int w = 0; w < WINDOWS && least > 0; w++) {
+            long before = threads.getCurrentThreadAllocatedBytes();
+            for (int i = 0; i < CALLS; i++) {
+                call.run();
+            }
+            least = Math.min(least, threads.getCurrentThreadAllocatedBytes() - before);
+        }
+        return least;
+    }
+}
