@@ -52,12 +52,21 @@ public class BatchNormBenchmark {
         long e = tensor.elements();
         int c = tensor.channels();
         arena = Arena.ofShared();
+        // Only the tensors this benchmark touches: each one costs a fork about 0.1 s of zeroing
+        // and page faults on the large shapes, and the report runs some 150 forks.
+        String name = params.getBenchmark().substring(params.getBenchmark().lastIndexOf('.') + 1);
         x = Problem.random(arena, e, 1, 0.5f, 2f);
-        dy = Problem.random(arena, e, 2, 0f, 1f);
-        y = arena.allocate(4 * e, 64);
-        dx = arena.allocate(4 * e, 64);
-        work = arena.allocate(4 * e, 64);
-        MemorySegment.copy(x, 0, work, 0, 4 * e);
+        if (name.equals("backward")) {
+            dy = Problem.random(arena, e, 2, 0f, 1f);
+            dx = arena.allocate(4 * e, 64);
+            y = dx;                                   // only for the statistics below
+        } else if (name.equals("forwardInferenceInPlace")) {
+            work = arena.allocate(4 * e, 64);
+            MemorySegment.copy(x, 0, work, 0, 4 * e);
+            y = work;                                 // only for the statistics below
+        } else {
+            y = arena.allocate(4 * e, 64);
+        }
         gamma = Problem.random(arena, c, 3, 1f, 0.5f);
         beta = Problem.random(arena, c, 4, 0f, 0.5f);
         mean = arena.allocate(4L * c, 64);
@@ -83,18 +92,22 @@ public class BatchNormBenchmark {
         }
         bn = b.build();
         bn.forwardTraining(x, gamma, beta, y, mean, variance);
-        warmUp(params.getBenchmark());
+        if (work != null) {
+            MemorySegment.copy(x, 0, work, 0, 4 * e);     // y was work
+        }
+        warmUp(name);
     }
 
     /**
-     * Calls the benchmarked kernel 3 times before JMH's own warm-up. The
-     * first calls of a large kernel run its vector code in the interpreter (one 50x128x28x28 NHWC
-     * backward took 0.58 s, the steady state 5-6 ms), longer than a quick run's 200 ms warm-up
-     * iteration, so without this a measured iteration could still include them.
+     * Calls the benchmarked kernel before JMH's own warm-up: 3 times for the vector kernels, whose
+     * first calls run vector code in the interpreter (one 50x128x28x28 NHWC backward took 0.58 s,
+     * the steady state 5-6 ms), longer than a quick run's 200 ms warm-up iteration, so without
+     * this a measured iteration could still include them. Once for the scalar kernels: their
+     * loops are compiled on stack during the first call, and on the large shapes a call takes
+     * 0.1-0.2 s, so two more would add about 4 s to the default report for nothing.
      */
-    private void warmUp(String benchmark) {
-        String name = benchmark.substring(benchmark.lastIndexOf('.') + 1);
-        for (int calls = 0; calls < 3; calls++) {
+    private void warmUp(String name) {
+        for (int calls = 0; calls < (kernels.equals("scalar") ? 1 : 3); calls++) {
             switch (name) {
                 case "forwardTraining" -> forwardTraining();
                 case "forwardInference" -> forwardInference();
