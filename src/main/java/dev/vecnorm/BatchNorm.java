@@ -201,9 +201,9 @@ public final class BatchNorm {
     }
 
     private boolean backwardArguments(MemorySegment x, MemorySegment dy, MemorySegment gamma,
-                                        MemorySegment mean, MemorySegment variance,
-                                        MemorySegment dx, MemorySegment dgamma,
-                                        MemorySegment dbeta) {
+                                      MemorySegment mean, MemorySegment variance,
+                                      MemorySegment dx, MemorySegment dgamma,
+                                      MemorySegment dbeta) {
         long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()

@@ -29,9 +29,9 @@ final class Workers {
 
     /**
      * Runs {@code task.accept(context, i)} for every i in [0, tasks), in contiguous shares (the
-     * caller's task and context are made once, so a call on one thread allocates nothing). Returns only when
-     * every started share has finished; if any failed (or the executor refused one), throws after
-     * that, so a caller never sees success with outputs half written.
+     * caller makes its task and context once, so a call on one thread allocates nothing). Returns
+     * only when every started share has finished; if any failed (or the executor refused one),
+     * throws after that, so a caller never sees success with outputs half written.
      */
     <T> void run(int tasks, T context, ObjIntConsumer<T> task) {
         int shares = Math.min(parallelism, tasks);
