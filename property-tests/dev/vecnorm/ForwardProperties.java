@@ -3,6 +3,7 @@ package dev.vecnorm;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.vecnorm.TestData.Distribution;
+import net.jqwik.api.Example;
 import net.jqwik.api.ForAll;
 import net.jqwik.api.Property;
 
@@ -29,6 +30,23 @@ class ForwardProperties {
         BatchNorm bn = BatchNorm.builder(shape).epsilon(eps).build();
         Runs.Training got = Runs.training(bn, x, gamma, beta);
         Expect.trainingMatchesReference(shape, x, gamma, beta, eps, got, shape + " eps " + eps);
+    }
+
+    /**
+     * A case CI's random seeds found: one channel of mixed magnitudes (values up to 1e18, mean
+     * 1.87e10, standard deviation 6.6e16). Rounding to double's 128-unit steps near 1e18 leaves
+     * the kernels' mean off by units, while x = 1.8657e10 lies 1.4e7 from the mean and y is
+     * -2.06e-10: the mean's error, not float rounding, sets y's error there
+     * ({@link Bounds#trainingOutput}'s meanErr term). Both layouts, both sum orders.
+     */
+    @Example
+    void meanErrorOfHugeValuesBoundsOutputNearTheMean() {
+        for (Layout layout : Layout.values()) {
+            TensorShape shape = new TensorShape(6, 1, 196, layout);
+            float[] x = TestData.tensor(shape, 1142, Distribution.MIXED_MAGNITUDES);
+            Runs.Training got = Runs.training(BatchNorm.builder(shape).epsilon(1e-5f).build(), x, null, null);
+            Expect.trainingMatchesReference(shape, x, null, null, 1e-5f, got, shape.toString());
+        }
     }
 
     /** A constant channel (1e7) has variance exactly 0, mean exactly 1e7 and output exactly beta. */

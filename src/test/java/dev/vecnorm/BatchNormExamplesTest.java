@@ -35,7 +35,7 @@ class BatchNormExamplesTest {
 
     private static void assertOutput(double[] expected, float[] got, double[] deviations) {
         for (int i = 0; i < expected.length; i++) {
-            double bound = Bounds.trainingOutput(2.0 / 3, deviations[i], 10, 1, 1e-15);
+            double bound = Bounds.trainingOutput(2.0 / 3, deviations[i], 10, 1, 1e-15, 0);
             assertEquals(expected[i], got[i], bound, "y[" + i + "]");
         }
     }

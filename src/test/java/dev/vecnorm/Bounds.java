@@ -36,16 +36,21 @@ final class Bounds {
 
     /**
      * Training-mode y = gamma (x - mu) / sqrt(var + eps) + beta, which the kernels compute as
-     * fma(fl(x - hi), fl(a), fl(beta - lo a)) with hi + lo = mu and a = gamma / sqrt(var + eps):
-     * fl(x - hi) errs by u |x - hi| <= u (|x - mu| + u |mu|); fl(a) by u |a| plus the relative error
-     * of a from the variance error (at most varError / (2 (var + eps)) + 4w); the offset by
-     * u |beta| (its lo*a part is below u |a mu| and covered by the u|mu| term); the fma by u |y|,
-     * and |y| <= |a (x - mu)| + |beta|. Summed: 3u |a| (|x - mu| + u|mu|) + 2u |beta|
-     * + |a (x - mu)| * relA, plus 3 subnormal roundings.
+     * fma(fl(x - hi), fl(a), fl(beta - lo a)) with hi + lo = m, the kernel's double mean, and
+     * a = gamma / sqrt(var + eps). m errs by |m - mu| <= meanErr ({@link #meanError}), so the
+     * kernel transforms the deviation x - m, which is off by meanErr: |a| meanErr in y. That term
+     * matters where |x - mu| is small against the channel's spread: values up to 1e18 round in
+     * double to multiples of 128, so their mean errs by units while x - mu may be 1e7 and y 1e-10.
+     * fl(x - hi) errs by u |x - hi| <= u (|x - mu| + u |mu| + meanErr); fl(a) by u |a| plus the
+     * relative error of a from the variance error (at most varError / (2 (var + eps)) + 4w); the
+     * offset by u |beta| (its lo*a part is below u |a mu| and covered by the u|mu| term); the fma
+     * by u |y|, and |y| <= |a (x - m)| + |beta|. With D = |x - mu| + u |mu| + meanErr, summed:
+     * |a| meanErr + 3u |a| D + |a| D relA + 2u |beta|, plus 3 subnormal roundings.
      */
-    static double trainingOutput(double a, double deviation, double mu, double beta, double relA) {
-        double ad = Math.abs(a) * (Math.abs(deviation) + U * Math.abs(mu));
-        return 3 * U * ad + 2 * U * Math.abs(beta) + ad * relA + 3 * TINY;
+    static double trainingOutput(double a, double deviation, double mu, double beta, double relA,
+                                 double meanErr) {
+        double ad = Math.abs(a) * (Math.abs(deviation) + U * Math.abs(mu) + meanErr);
+        return Math.abs(a) * meanErr + 3 * U * ad + ad * relA + 2 * U * Math.abs(beta) + 3 * TINY;
     }
 
     /**

@@ -51,10 +51,11 @@ final class Expect {
             double a = (gamma == null ? 1 : gamma[c]) / Math.sqrt(var + eps);
             double relA = varError / (2 * (var + eps)) + 4 * Bounds.W;
             double b = beta == null ? 0 : beta[c];
+            double meanErr = Bounds.meanError(shape.perChannel(), sums.sumAbsD);
             for (int n = 0; n < shape.batch(); n++) {
                 for (long s = 0; s < shape.spatial(); s++) {
                     int i = Reference.index(shape, n, c, s);
-                    bounds[i] = Bounds.trainingOutput(a, x[i] - mu, mu, b, relA);
+                    bounds[i] = Bounds.trainingOutput(a, x[i] - mu, mu, b, relA, meanErr);
                 }
             }
         }
