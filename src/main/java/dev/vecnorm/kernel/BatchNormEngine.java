@@ -33,6 +33,15 @@ public final class BatchNormEngine {
     /** NCHW: planes and tensors from these sizes on run channel by channel ({@link #channelBlock}). */
     static final long BLOCKED_MIN_PLANE_BYTES = 32 * 1024;
     static final long BLOCKED_MIN_TENSOR_BYTES = 32L * 1024 * 1024;
+    /**
+     * A channel whose mean (the float subtracted from x) is at least this large in magnitude is
+     * "far": x - mean can round to infinity there (|x| <= Float.MAX_VALUE, and a difference rounds
+     * to infinity only from Float.MAX_VALUE + 2^103 on), e.g. values of +-3e38 whose mean is
+     * -1.5e38. The kernels pass such a channel through unchanged and {@link #finishFar} then
+     * computes its outputs in double, element by element. Values beyond 1e31 are outside anything
+     * a network produces, so this costs nothing in practice: one comparison per channel.
+     */
+    static final float FAR_MEAN = 0x1p103f;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private final BatchNormKernels kernels;
@@ -110,8 +119,8 @@ public final class BatchNormEngine {
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         Scratch w = acquire();
         try {
-            float[] g = channelVector(gamma, 1f, w.g);
-            float[] b = channelVector(beta, 0f, w.b);
+            channelVector(gamma, 1f, w.g);
+            channelVector(beta, 0f, w.b);
             ChannelMoments moments = w.moments;
             moments.reset();
             double[] shift = shifts(x, w.shift);
@@ -126,10 +135,14 @@ public final class BatchNormEngine {
                 return;
             }
             statistics(shift, w, moments);
+            int far = 0;
             for (int c = 0; c < channels; c++) {
-                trainingParameters(c, moments, g, b, mean, variance, w.mu, w.scale, w.offset);
+                far += trainingParameters(c, w);
             }
             transform(w, x, y, w.mu, w.scale, w.offset);
+            if (far > 0) {
+                finishFar(w, null, y, 0, channels);
+            }
         } finally {
             release(w);
         }
@@ -215,12 +228,16 @@ public final class BatchNormEngine {
                 s2[c] = 0;
             }
         }
+        int far = 0;
         for (int c = c0; c < c1; c++) {
-            trainingParameters(c, w.moments, w.g, w.b, w.mean, w.variance, w.mu, w.scale, w.offset);
+            far += trainingParameters(c, w);
         }
         for (int img = 0; img < n; img++) {
             kernels.planesNormalize(w.x, w.y, channels, spatial, img * channels + c0,
                     img * channels + c1, w.mu, w.scale, w.offset);
+        }
+        if (far > 0) {
+            finishFar(w, null, w.y, c0, c1);
         }
     }
 
@@ -244,11 +261,10 @@ public final class BatchNormEngine {
         }
     }
 
-    private void trainingParameters(int c, ChannelMoments moments, float[] g, float[] b,
-                                    MemorySegment mean, MemorySegment variance, float[] mu,
-                                    float[] scale, float[] offset) {
-        writeStatistics(c, moments, mean, variance);
-        parameters(moments.mean(c), moments.variance(c), g[c], b[c], mu, scale, offset, c);
+    /** Writes channel c's statistics and transform parameters; returns 1 if it is far, else 0. */
+    private int trainingParameters(int c, Scratch w) {
+        writeStatistics(c, w.moments, w.mean, w.variance);
+        return parameters(w.moments.mean(c), w.moments.variance(c), w.g[c], w.b[c], w, c);
     }
 
     private static void writeStatistics(int c, ChannelMoments moments, MemorySegment mean,
@@ -261,16 +277,23 @@ public final class BatchNormEngine {
      * y = gamma * (x - mean) / sqrt(var + eps) + beta as {@code fma(x - hi, scale, offset)}: the
      * mean is split into hi = (float) mean and lo = mean - hi, and lo is folded into the offset.
      * x - hi is exact for x near the mean (Sterbenz), so a channel far from zero loses nothing
-     * to the subtraction, and a constant channel gives exactly beta.
+     * to the subtraction, and a constant channel gives exactly beta. A far channel (see
+     * {@link #FAR_MEAN}) gets the identity instead, and its y is computed by {@link #finishFar}.
+     * Returns 1 for a far channel, else 0.
      */
-    private void parameters(double meanD, double varianceD, float gamma, float beta, float[] mu,
-                            float[] scale, float[] offset, int at) {
+    private int parameters(double meanD, double varianceD, float gamma, float beta, Scratch w,
+                           int at) {
         float hi = (float) meanD;
         double lo = meanD - hi;
         double a = gamma / Math.sqrt(varianceD + epsilon);
-        mu[at] = hi;
-        scale[at] = (float) a;
-        offset[at] = (float) (beta - lo * a);
+        if (isFar(hi)) {
+            return far(w, at, meanD, a, beta, 0);
+        }
+        w.far[at] = false;
+        w.mu[at] = hi;
+        w.scale[at] = (float) a;
+        w.offset[at] = (float) (beta - lo * a);
+        return 0;
     }
 
     // ------------------------------------------------------------------------ forward inference
@@ -288,10 +311,20 @@ public final class BatchNormEngine {
             float[] mu = channelVector(mean, 0f, w.mu);
             float[] var = channelVector(variance, 0f, w.var);
             float[] scale = w.scale;
+            int far = 0;
             for (int c = 0; c < channels; c++) {
-                scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
+                double a = g[c] / Math.sqrt((double) var[c] + epsilon);
+                if (isFar(mu[c])) {
+                    far += far(w, c, mu[c], a, b[c], 0);    // y = fma(x - 0, 1, 0) = x
+                } else {
+                    w.far[c] = false;
+                    scale[c] = (float) a;
+                }
             }
             transform(w, x, y, mu, scale, b);
+            if (far > 0) {
+                finishFar(w, null, y, 0, channels);
+            }
         } finally {
             release(w);
         }
@@ -331,12 +364,10 @@ public final class BatchNormEngine {
     private void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                           MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
                           MemorySegment dbeta, boolean frozen, Scratch w) {
-        float[] g = channelVector(gamma, 1f, w.g);
+        channelVector(gamma, 1f, w.g);
+        channelVector(variance, 0f, w.var);
         float[] mu = channelVector(mean, 0f, w.mu);
-        float[] var = channelVector(variance, 0f, w.var);
         boolean sums = !frozen || dgamma != null || dbeta != null;
-        // The coefficients of dx: a, b and c of gradientCoefficients.
-        float[] a = w.scale, bb = w.offset, cc = w.b;
         double[] sumDy = w.clear(w.sumDy), sumDyXmu = w.clear(w.sumDyXmu);
         widen(mu, w.meanD);
         w.x = x;
@@ -353,14 +384,18 @@ public final class BatchNormEngine {
         if (sums) {
             gradientSums(sumDy, sumDyXmu, w);
         }
+        int far = 0;
         for (int c = 0; c < channels; c++) {
-            gradientCoefficients(c, g, var, sumDy[c], sumDyXmu[c], dgamma, dbeta, a, bb, cc);
+            far += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], !frozen);
         }
         if (frozen) {
-            transform(w, dy, dx, w.zero, a, w.zero);    // dx = fma(dy - 0, a, 0) = round(a * dy)
+            transform(w, dy, dx, w.zero, w.scale, w.zero);  // dx = fma(dy - 0, a, 0) = round(a dy)
             return;
         }
         workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
+        if (far > 0) {
+            finishFar(w, x, dx, 0, channels);
+        }
     }
 
     /** NCHW channel block {@code blk}: its gradient sums, then its dx (see {@link #channelBlock}). */
@@ -379,36 +414,94 @@ public final class BatchNormEngine {
                 s2[c] = 0;
             }
         }
+        int far = 0;
         for (int c = c0; c < c1; c++) {
-            gradientCoefficients(c, w.g, w.var, sumDy[c], sumDyXmu[c], w.dgamma, w.dbeta, w.scale,
-                    w.offset, w.b);
+            far += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], true);
         }
         for (int img = 0; img < n; img++) {
             kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, img * channels + c0,
                     img * channels + c1, w.mu, w.scale, w.offset, w.b);
+        }
+        if (far > 0) {
+            finishFar(w, w.x, w.dx, c0, c1);
         }
     }
 
     /**
      * Writes dgamma[c] and dbeta[c] (when wanted) and the float coefficients of
      * dx = fma(x - mean, b, fma(dy, a, c)): a = gamma invstd, b = -a invstd^2 Sxdy / M,
-     * c = -a Sdy / M, each computed in double and rounded once. b and c stay 0 in the frozen case
-     * (the caller does not pass them on).
+     * c = -a Sdy / M, each computed in double and rounded once (into w.scale, w.offset and w.b).
+     * The frozen case uses only a. With {@code withMean} (dx uses x - mean) a far channel (see
+     * {@link #FAR_MEAN}) gets the pass-through a = 1, b = c = 0, mean 0 (dx = dy), its dx is
+     * computed by {@link #finishFar}, and the method returns 1; else 0.
      */
-    private void gradientCoefficients(int c, float[] g, float[] var, double sumDy, double sumDyXmu,
-                                      MemorySegment dgamma, MemorySegment dbeta, float[] a,
-                                      float[] b, float[] cc) {
-        double invstd = 1.0 / Math.sqrt((double) var[c] + epsilon);
-        double scale = g[c] * invstd;
-        if (dgamma != null) {
-            dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu));
+    private int gradientCoefficients(int c, Scratch w, double sumDy, double sumDyXmu,
+                                     boolean withMean) {
+        double invstd = 1.0 / Math.sqrt((double) w.var[c] + epsilon);
+        double scale = w.g[c] * invstd;
+        if (w.dgamma != null) {
+            w.dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu));
         }
-        if (dbeta != null) {
-            dbeta.setAtIndex(F32, c, (float) sumDy);
+        if (w.dbeta != null) {
+            w.dbeta.setAtIndex(F32, c, (float) sumDy);
         }
-        a[c] = (float) scale;
-        b[c] = (float) (-scale * invstd * invstd * sumDyXmu / m);
-        cc[c] = (float) (-scale * sumDy / m);
+        double b = -scale * invstd * invstd * sumDyXmu / m, cc = -scale * sumDy / m;
+        if (withMean && isFar(w.mu[c])) {
+            return far(w, c, w.mu[c], scale, b, cc);   // dx = fma(x - 0, 0, fma(dy, 1, 0)) = dy
+        }
+        w.far[c] = false;
+        w.scale[c] = (float) scale;
+        w.offset[c] = (float) b;
+        w.b[c] = (float) cc;
+        return 0;
+    }
+
+    // ----------------------------------------------------------------------------- far channels
+
+    private static boolean isFar(float mean) {
+        return Math.abs(mean) >= FAR_MEAN && Math.abs(mean) <= Float.MAX_VALUE;
+    }
+
+    /**
+     * Marks channel c far and keeps its double coefficients: y = (x - mean) a + b, or
+     * dx = (x - mean) b + (dy a + cc) for the gradient. Sets the kernels' float parameters so
+     * that they pass the channel through: mean 0, scale 1, offsets 0 give y = fma(x, 1, 0) = x,
+     * and dx = fma(x, 0, fma(dy, 1, 0)) = dy (scale, offset and b hold a, b and c there).
+     * Returns 1.
+     */
+    private static int far(Scratch w, int c, double mean, double a, double b, double cc) {
+        w.far[c] = true;
+        w.farMean[c] = mean;
+        w.farA[c] = a;
+        w.farB[c] = b;
+        w.farC[c] = cc;
+        w.mu[c] = 0;
+        w.scale[c] = 1;
+        w.offset[c] = 0;
+        w.b[c] = 0;
+        return 1;
+    }
+
+    /**
+     * The far channels in [c0, c1), after the kernels passed them through (out holds x, or dy
+     * for the gradient): their outputs computed in double and rounded once, in element order by
+     * the thread that ran the pass, so the bits do not depend on the kernels or the parallelism.
+     * With {@code x} null, y = fma(x - mean, a, b); else dx = fma(x - mean, b, fma(dy, a, cc)).
+     */
+    private void finishFar(Scratch w, MemorySegment x, MemorySegment out, int c0, int c1) {
+        for (int c = c0; c < c1; c++) {
+            if (!w.far[c]) {
+                continue;
+            }
+            double mean = w.farMean[c], a = w.farA[c], b = w.farB[c], cc = w.farC[c];
+            for (long j = 0; j < m; j++) {
+                long i = nchw ? ((j / spatial) * channels + c) * spatial + j % spatial : j * channels + c;
+                double v = out.getAtIndex(F32, i);
+                double r = x == null ? Math.fma(v - mean, a, b)
+                        : Math.fma(x.getAtIndex(F32, i) - mean, b, Math.fma(v, a, cc));
+                out.setAtIndex(F32, i, (float) r);
+            }
+        }
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
@@ -509,6 +602,9 @@ public final class BatchNormEngine {
     private static final class Scratch {
         boolean busy;
         final float[] g, b, mu, var, scale, offset;
+        /** Far channels (see {@link #FAR_MEAN}) and their double coefficients. */
+        final boolean[] far;
+        final double[] farMean, farA, farB, farC;
         /** Never written: zeros for the frozen backward's transform. */
         final float[] zero;
         final double[] shift, meanD, sumDy, sumDyXmu;
@@ -530,6 +626,11 @@ public final class BatchNormEngine {
             scale = new float[channels];
             offset = new float[channels];
             zero = new float[channels];
+            far = new boolean[channels];
+            farMean = new double[channels];
+            farA = new double[channels];
+            farB = new double[channels];
+            farC = new double[channels];
             shift = new double[channels];
             meanD = new double[channels];
             sumDy = new double[channels];
