@@ -311,14 +311,20 @@ public final class BatchNormEngine {
             float[] mu = channelVector(mean, 0f, w.mu);
             float[] var = channelVector(variance, 0f, w.var);
             float[] scale = w.scale;
+            for (int c = 0; c < channels; c++) {
+                scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
+            }
+            // A separate scan, so that the loop above stays free of branches (C2 vectorises it).
             int far = 0;
             for (int c = 0; c < channels; c++) {
-                double a = g[c] / Math.sqrt((double) var[c] + epsilon);
-                if (isFar(mu[c])) {
-                    far += far(w, c, mu[c], a, b[c], 0);    // y = fma(x - 0, 1, 0) = x
-                } else {
-                    w.far[c] = false;
-                    scale[c] = (float) a;
+                far += isFar(mu[c]) ? 1 : 0;
+            }
+            if (far > 0) {
+                for (int c = 0; c < channels; c++) {
+                    w.far[c] = isFar(mu[c]);
+                    if (w.far[c]) {                  // y = fma(x - 0, 1, 0) = x, then finishFar
+                        far(w, c, mu[c], g[c] / Math.sqrt((double) var[c] + epsilon), b[c], 0);
+                    }
                 }
             }
             transform(w, x, y, mu, scale, b);
