@@ -39,6 +39,16 @@ final class Expect {
         }
     }
 
+    /** The float mean's bound: its rounding, the double mean's error, a subnormal rounding. */
+    private static double meanBound(long m, ChannelSums sums, double mu) {
+        return Bounds.U * Math.abs(mu) + Bounds.meanError(m, sums.sumAbsD) + Bounds.TINY;
+    }
+
+    /** {@link #meanBound} for channel c of x. */
+    static double meanBound(TensorShape shape, float[] x, int c, double mu) {
+        return meanBound(shape.perChannel(), ChannelSums.of(shape, x, c), mu);
+    }
+
     /** The bound of {@link Bounds#trainingOutput} for every element of y (in the shape's layout). */
     static double[] trainingOutputBounds(TensorShape shape, float[] x, float[] gamma, float[] beta,
                                          float eps) {
@@ -76,8 +86,7 @@ final class Expect {
             ChannelSums sums = ChannelSums.of(shape, x, c);
             double mu = ref.mean()[c], var = ref.variance()[c];
             String at = context + ", channel " + c;
-            within("mean", got.mean()[c], mu, Bounds.U * Math.abs(mu)
-                    + Bounds.meanError(m, sums.sumAbsD) + Bounds.TINY, at);
+            within("mean", got.mean()[c], mu, meanBound(m, sums, mu), at);
             within("variance", got.variance()[c], var, Bounds.U * var
                     + Bounds.varianceError(m, sums.sumAbsD, sums.sumD, sums.sumD2) + Bounds.TINY, at);
             for (int n = 0; n < shape.batch(); n++) {

@@ -37,9 +37,12 @@ public final class BatchNormEngine {
      * A channel whose mean (the float subtracted from x) is at least this large in magnitude is
      * "far": x - mean can round to infinity there (|x| <= Float.MAX_VALUE, and a difference rounds
      * to infinity only from Float.MAX_VALUE + 2^103 on), e.g. values of +-3e38 whose mean is
-     * -1.5e38. The kernels pass such a channel through unchanged and {@link #finishFar} then
-     * computes its outputs in double, element by element. Values beyond 1e31 are outside anything
-     * a network produces, so this costs nothing in practice: one comparison per channel.
+     * -1.5e38. So is a forward whose scale gamma / sqrt(var + eps) is subnormal in float (a
+     * standard deviation above about 8.5e37): the scale would keep fewer than 24 bits and y,
+     * which can still be of order 1, would err by several ulps. The kernels pass such a channel
+     * through unchanged and {@link #finishFar} then computes its outputs in double, element by
+     * element. Values beyond 1e31 are outside anything a network produces, so this costs nothing
+     * in practice: a comparison or two per channel.
      */
     static final float FAR_MEAN = 0x1p103f;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -286,7 +289,7 @@ public final class BatchNormEngine {
         float hi = (float) meanD;
         double lo = meanD - hi;
         double a = gamma / Math.sqrt(varianceD + epsilon);
-        if (isFar(hi)) {
+        if (isFar(hi) || isSubnormal((float) a)) {
             return far(w, at, meanD, a, beta, 0);
         }
         w.far[at] = false;
@@ -317,11 +320,11 @@ public final class BatchNormEngine {
             // A separate scan, so that the loop above stays free of branches (C2 vectorises it).
             int far = 0;
             for (int c = 0; c < channels; c++) {
-                far += isFar(mu[c]) ? 1 : 0;
+                far += isFar(mu[c]) || isSubnormal(scale[c]) ? 1 : 0;
             }
             if (far > 0) {
                 for (int c = 0; c < channels; c++) {
-                    w.far[c] = isFar(mu[c]);
+                    w.far[c] = isFar(mu[c]) || isSubnormal(scale[c]);
                     if (w.far[c]) {                  // y = fma(x - 0, 1, 0) = x, then finishFar
                         far(w, c, mu[c], g[c] / Math.sqrt((double) var[c] + epsilon), b[c], 0);
                     }
@@ -466,6 +469,10 @@ public final class BatchNormEngine {
 
     private static boolean isFar(float mean) {
         return Math.abs(mean) >= FAR_MEAN && Math.abs(mean) <= Float.MAX_VALUE;
+    }
+
+    private static boolean isSubnormal(float scale) {
+        return scale != 0 && Math.abs(scale) < Float.MIN_NORMAL;
     }
 
     /**
