@@ -18,7 +18,12 @@ final class TestData {
         /** Values around 1e18 (their squares overflow float). */
         HUGE,
         /** Random signs, magnitudes log-uniform in [1e-20, 1e18]. */
-        MIXED_MAGNITUDES
+        MIXED_MAGNITUDES,
+        /**
+         * Random signs, magnitudes log-uniform in [1e30, 3.2e38], up to float's largest: x - mean
+         * can exceed float's range, the variance does, and the scale can be subnormal.
+         */
+        EXTREME
     }
 
     private TestData() {
@@ -49,6 +54,7 @@ final class TestData {
             case TINY -> 1e-20 * (mean + std * gaussian(r));
             case HUGE -> 1e18 * (mean + std * gaussian(r));
             case MIXED_MAGNITUDES -> (r.nextBoolean() ? 1 : -1) * Math.pow(10, r.nextDouble(-20, 18));
+            case EXTREME -> (r.nextBoolean() ? 1 : -1) * Math.pow(10, r.nextDouble(30, 38.5));
         };
     }
 
