@@ -31,36 +31,26 @@ class FarChannelsTest {
         // 67 200 values: above the engine's threshold for splitting a call across threads.
         new TensorShape(4, 5, 4200, Layout.NCHW), new TensorShape(4, 5, 4200, Layout.NHWC)};
 
+    /** The channels described above (with {@code far} false, every channel as channel 0). */
     static float[] data(TensorShape shape, boolean far) {
         float[] x = new float[Math.toIntExact(shape.elements())];
         SplittableRandom r = new SplittableRandom(11);
+        long m = shape.perChannel();
         for (int c = 0; c < 5; c++) {
-            boolean first = true;
-            int count = 0;
-            float last = 0;
-            for (int n = 0; n < shape.batch(); n++) {
-                for (long s = 0; s < shape.spatial(); s++) {
-                    double g = r.nextDouble(-1, 1);
-                    float v;
-                    if (c == 0 || !far) {
-                        v = (float) (1 + 2 * g);
-                    } else if (c == 1) {
-                        v = first ? 3e38f : -3e38f;
-                    } else if (c == 2) {
-                        v = (float) (1e35 * (1 + 1e-3 * g));
-                    } else if (c == 3) {
-                        v = 1e36f;
-                    } else if (count % 2 == 1) {
-                        v = -last;                    // pairs +-v: the mean is exactly 0
-                        count++;
-                    } else {
-                        v = count + 1 == shape.perChannel() ? 0 : 3e38f * (float) (1 - 0.1 * Math.abs(g));
-                        count++;
-                    }
-                    last = v;
-                    first = false;
-                    x[Reference.index(shape, n, c, s)] = v;
-                }
+            float previous = 0;
+            for (long j = 0; j < m; j++) {                   // j = n * spatial + s
+                double g = r.nextDouble(-1, 1);
+                float v = switch (far ? c : 0) {
+                    case 0 -> (float) (1 + 2 * g);
+                    case 1 -> j == 0 ? 3e38f : -3e38f;
+                    case 2 -> (float) (1e35 * (1 + 1e-3 * g));
+                    case 3 -> 1e36f;
+                    // Pairs +-v (a lone last value is 0): the mean is exactly 0.
+                    default -> j % 2 == 1 ? -previous
+                            : j + 1 == m ? 0 : 3e38f * (float) (1 - 0.1 * Math.abs(g));
+                };
+                previous = v;
+                x[Reference.index(shape, (int) (j / shape.spatial()), c, j % shape.spatial())] = v;
             }
         }
         return x;
