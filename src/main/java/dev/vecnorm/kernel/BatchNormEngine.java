@@ -124,9 +124,8 @@ public final class BatchNormEngine {
         try {
             channelVector(gamma, 1f, w.g);
             channelVector(beta, 0f, w.b);
-            ChannelMoments moments = w.moments;
-            moments.reset();
-            double[] shift = shifts(x, w.shift);
+            w.moments.reset();
+            shifts(x, w.shift);
             w.x = x;
             w.y = y;
             w.mean = mean;
@@ -137,7 +136,7 @@ public final class BatchNormEngine {
                 workers.run(Math.ceilDiv(channels, channelBlock), w, trainingBlock);
                 return;
             }
-            statistics(shift, w, moments);
+            statistics(w);
             int far = 0;
             for (int c = 0; c < channels; c++) {
                 far += trainingParameters(c, w);
@@ -245,7 +244,7 @@ public final class BatchNormEngine {
     }
 
     /** Statistics of every channel, chunk partials computed in parallel and merged in order. */
-    private void statistics(double[] shift, Scratch w, ChannelMoments moments) {
+    private void statistics(Scratch w) {
         // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
         // row after row); partial sums per chunk and channel, merged in chunk order.
         double[][] s1 = w.s1, s2 = w.s2;
@@ -259,7 +258,7 @@ public final class BatchNormEngine {
         for (int k = 0; k < chunks; k++) {
             long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
             for (int c = 0; c < channels; c++) {
-                moments.mergeShiftedSums(c, values, shift[c], s1[k][c], s2[k][c]);
+                w.moments.mergeShiftedSums(c, values, w.shift[c], s1[k][c], s2[k][c]);
             }
         }
     }
@@ -391,7 +390,7 @@ public final class BatchNormEngine {
             return;
         }
         if (sums) {
-            gradientSums(sumDy, sumDyXmu, w);
+            gradientSums(w);
         }
         int far = 0;
         for (int c = 0; c < channels; c++) {
@@ -518,8 +517,9 @@ public final class BatchNormEngine {
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
-    private void gradientSums(double[] sumDy, double[] sumDyXmu, Scratch w) {
+    private void gradientSums(Scratch w) {
         double[][] s1 = w.s1, s2 = w.s2;
+        double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
         if (nchw) {
             for (int k = 0; k < chunks; k++) {
                 w.clear(s1[k]);
@@ -538,11 +538,10 @@ public final class BatchNormEngine {
     // ---------------------------------------------------------------------------------- helpers
 
     /** Every channel's shift (see {@link #shiftOf}), into {@code shift}. */
-    private double[] shifts(MemorySegment x, double[] shift) {
+    private void shifts(MemorySegment x, double[] shift) {
         for (int c = 0; c < channels; c++) {
             shift[c] = shiftOf(x, c);
         }
-        return shift;
     }
 
     private static double[] widen(float[] v, double[] d) {
