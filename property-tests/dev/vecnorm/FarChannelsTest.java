@@ -185,4 +185,71 @@ class FarChannelsTest {
             }
         }
     }
+
+    /**
+     * Coefficients that float cannot hold: channel 1 is 1e18 g with gamma 1e-30, so the training
+     * scale gamma / std = 1.7e-48 rounds to 0 in float (y = beta where y is about 1e-30), and so
+     * does inference's with variance 1e36; frozen, with variance 1e20, a = 1e-40 is subnormal (17
+     * bits) while dx = a dy, dy about 1e10, is 1e-30. Channel 2 pairs +-1.5e19: a standard
+     * deviation of 1.4e19, where backward's b = -a invstd^2 Sxdy / M is about 2e-39 / sqrt(M),
+     * subnormal (13 to 17 bits here), while its term in dx is within a factor sqrt(M) of dx. The
+     * engine computes these channels in double: y and frozen dx within an ulp of the exact value
+     * (the statistics' double error is below 1e-9 of y here), dx within BackwardProperties' bound
+     * for the double path (3u |B (x - mean)| before, several ulps off in float).
+     */
+    @Example
+    void coefficientsBelowFloatsNormalRangeAreComputedInDouble() {
+        TensorShape[] shapes = {new TensorShape(3, 3, 5, Layout.NCHW), new TensorShape(3, 3, 5, Layout.NHWC),
+            new TensorShape(6, 3, 1, Layout.NCHW), new TensorShape(4, 3, 5600, Layout.NCHW),
+            new TensorShape(4, 3, 5600, Layout.NHWC)};
+        float[] gamma = {1.5f, 1e-30f, 0.5f}, beta = {0.5f, 0f, 1f};
+        for (TensorShape shape : shapes) {
+            int count = Math.toIntExact(shape.elements());
+            float[] x = new float[count], dy = new float[count];
+            SplittableRandom r = new SplittableRandom(17);
+            long m = shape.perChannel();
+            for (int c = 0; c < 3; c++) {
+                float previous = 0;
+                for (long j = 0; j < m; j++) {
+                    int i = Reference.index(shape, (int) (j / shape.spatial()), c, j % shape.spatial());
+                    double g = r.nextDouble(-1, 1);
+                    float v = switch (c) {
+                        case 0 -> (float) (1 + 2 * g);
+                        case 1 -> (float) (1e18 * g);
+                        default -> j % 2 == 1 ? -previous
+                                : j + 1 == m ? 0 : 1.5e19f * (float) (1 - 0.1 * Math.abs(g));
+                    };
+                    previous = v;
+                    x[i] = v;
+                    dy[i] = (float) ((c == 1 ? 1e10 : 1) * r.nextGaussian());
+                }
+            }
+            for (int threads : new int[] {1, 2}) {
+                String at = shape + " threads " + threads;
+                BatchNorm bn = BatchNorm.builder(shape).epsilon(EPS).parallelism(threads).build();
+                Runs.Training fwd = Runs.training(bn, x, gamma, beta);
+                Reference.Moments ref = Reference.moments(shape, x);
+                double[] y = Reference.transform(shape, x, Reference.widen(gamma), Reference.widen(beta),
+                        ref.mean(), ref.variance(), EPS);
+                float[] mean = {0, 0, 0}, variance = {1, 1e36f, 1};
+                float[] yi = Runs.inference(bn, x, gamma, beta, mean, variance);
+                double[] yInference = Reference.transform(shape, x, Reference.widen(gamma),
+                        Reference.widen(beta), Reference.widen(mean), Reference.widen(variance), EPS);
+                float[] frozenVariance = {1, 1e20f, 1};
+                Runs.Backward frozen = Runs.backward(bn, true, x, dy, gamma, mean, frozenVariance);
+                for (int n = 0; n < shape.batch(); n++) {
+                    for (long s = 0; s < shape.spatial(); s++) {
+                        int i = Reference.index(shape, n, 1, s);
+                        Expect.within("training y", fwd.y()[i], y[i], Math.ulp((float) y[i]), at);
+                        Expect.within("inference y", yi[i], yInference[i], Math.ulp((float) yInference[i]), at);
+                        double dx = gamma[1] / Math.sqrt(1e20 + EPS) * dy[i];
+                        Expect.within("frozen dx", frozen.dx()[i], dx, Math.ulp((float) dx), at);
+                    }
+                }
+                Runs.Backward got = Runs.backward(bn, false, x, dy, gamma, fwd.mean(), fwd.variance());
+                BackwardProperties.checkBackward(shape, x, dy, gamma, fwd.mean(), fwd.variance(), EPS, got,
+                        at, new boolean[] {false, true, true});
+            }
+        }
+    }
 }

@@ -37,14 +37,19 @@ public final class BatchNormEngine {
      * A channel whose mean (the float subtracted from x) is at least this large in magnitude is
      * "far": x - mean can round to infinity there (|x| <= Float.MAX_VALUE, and a difference rounds
      * to infinity only from Float.MAX_VALUE + 2^103 on), e.g. values of +-3e38 whose mean is
-     * -1.5e38. So is a forward whose scale gamma / sqrt(var + eps) is subnormal in float (a
-     * standard deviation above about 8.5e37): the scale would keep fewer than 24 bits and y,
-     * which can still be of order 1, would err by several ulps. The kernels pass such a channel
+     * -1.5e38. So is a channel whose float coefficient would be subnormal or zero while the
+     * exact one is not ({@link #lossy}): the forward scale gamma / sqrt(var + eps) (a standard
+     * deviation above about 8.5e37, or a tiny gamma), or backward's b = -a invstd^2 Sxdy / M (a
+     * standard deviation above about 1e18). The coefficient would keep fewer than 24 bits, or
+     * none, while y or dx can still be normal: several ulps off, or y = beta where the exact value
+     * differs from beta. The kernels pass such a channel
      * through unchanged and {@link #finishFar} then computes its outputs in double, element by
      * element. Values beyond 1e31 are outside anything a network produces, so this costs nothing
      * in practice: a comparison or two per channel.
      */
     static final float FAR_MEAN = 0x1p103f;
+    private static final int FAR_MEAN_BITS = Float.floatToRawIntBits(FAR_MEAN);
+    private static final int EXPONENT = 0x7f800000;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
 
     private final BatchNormKernels kernels;
@@ -288,7 +293,7 @@ public final class BatchNormEngine {
         float hi = (float) meanD;
         double lo = meanD - hi;
         double a = gamma / Math.sqrt(varianceD + epsilon);
-        if (isFar(hi) || isSubnormal((float) a)) {
+        if (isFar(hi) || lossy(a)) {
             return far(w, at, meanD, a, beta, 0);
         }
         w.far[at] = false;
@@ -316,17 +321,18 @@ public final class BatchNormEngine {
             for (int c = 0; c < channels; c++) {
                 scale[c] = (float) (g[c] / Math.sqrt((double) var[c] + epsilon));
             }
-            // A separate scan, so that the loop above stays free of branches (C2 vectorises it).
-            int far = 0;
+            // A separate scan, so that the loop above stays free of branches (C2 vectorises it),
+            // itself branch-free: a zero or subnormal scale, or |mu| >= FAR_MEAN, gives 1.
+            int suspects = 0;
             for (int c = 0; c < channels; c++) {
-                far += isFar(mu[c]) || isSubnormal(scale[c]) ? 1 : 0;
+                suspects += ((Float.floatToRawIntBits(scale[c]) & EXPONENT) - 1
+                        | FAR_MEAN_BITS - 1 - (Float.floatToRawIntBits(mu[c]) & 0x7fffffff)) >>> 31;
             }
-            if (far > 0) {
-                for (int c = 0; c < channels; c++) {
-                    w.far[c] = isFar(mu[c]) || isSubnormal(scale[c]);
-                    if (w.far[c]) {                  // y = fma(x - 0, 1, 0) = x, then finishFar
-                        far(w, c, mu[c], g[c] / Math.sqrt((double) var[c] + epsilon), b[c], 0);
-                    }
+            int far = 0;
+            for (int c = 0; suspects > 0 && c < channels; c++) {
+                w.far[c] = isFar(mu[c]) || lossy(scale[c], g[c], var[c]);
+                if (w.far[c]) {                      // y = fma(x - 0, 1, 0) = x, then finishFar
+                    far += far(w, c, mu[c], g[c] / Math.sqrt((double) var[c] + epsilon), b[c], 0);
                 }
             }
             transform(w, x, y, mu, scale, b);
@@ -392,12 +398,16 @@ public final class BatchNormEngine {
         if (sums) {
             gradientSums(w);
         }
-        int far = 0;
+        int suspects = 0;
         for (int c = 0; c < channels; c++) {
-            far += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], !frozen);
+            suspects += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], !frozen);
         }
+        int far = suspects == 0 ? 0 : farGradients(w, 0, channels, !frozen);
         if (frozen) {
             transform(w, dy, dx, w.zero, w.scale, w.zero);  // dx = fma(dy - 0, a, 0) = round(a dy)
+            if (far > 0) {
+                finishFar(w, null, dx, 0, channels);
+            }
             return;
         }
         workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
@@ -422,10 +432,11 @@ public final class BatchNormEngine {
                 s2[c] = 0;
             }
         }
-        int far = 0;
+        int suspects = 0;
         for (int c = c0; c < c1; c++) {
-            far += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], true);
+            suspects += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], true);
         }
+        int far = suspects == 0 ? 0 : farGradients(w, c0, c1, true);
         for (int img = 0; img < n; img++) {
             kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, img * channels + c0,
                     img * channels + c1, w.mu, w.scale, w.offset, w.b);
@@ -439,13 +450,14 @@ public final class BatchNormEngine {
      * Writes dgamma[c] and dbeta[c] (when wanted) and the float coefficients of
      * dx = fma(x - mean, b, fma(dy, a, c)): a = gamma invstd, b = -a invstd^2 Sxdy / M,
      * c = -a Sdy / M, each computed in double and rounded once (into w.scale, w.offset and w.b).
-     * The frozen case uses only a. With {@code withMean} (dx uses x - mean) a far channel (see
-     * {@link #FAR_MEAN}) gets the pass-through a = 1, b = c = 0, mean 0 (dx = dy), its dx is
-     * computed by {@link #finishFar}, and the method returns 1; else 0.
+     * The frozen case uses only a. Returns 1 if the channel may be far (a coefficient it uses
+     * below Float.MIN_NORMAL, or with {@code withMean} a far mean), for {@link #farGradients} to
+     * decide; else 0. (The decision stays out of this method: C2 inlines it into the channel loop
+     * only while it is small, and a call per channel costs more than the whole check.)
      */
     private int gradientCoefficients(int c, Scratch w, double sumDy, double sumDyXmu,
                                      boolean withMean) {
-        double invstd = 1.0 / Math.sqrt((double) w.var[c] + epsilon);
+        double invstd = invstd(w, c);
         double scale = w.g[c] * invstd;
         if (w.dgamma != null) {
             w.dgamma.setAtIndex(F32, c, (float) (invstd * sumDyXmu));
@@ -453,14 +465,58 @@ public final class BatchNormEngine {
         if (w.dbeta != null) {
             w.dbeta.setAtIndex(F32, c, (float) sumDy);
         }
-        double b = -scale * invstd * invstd * sumDyXmu / m, cc = -scale * sumDy / m;
-        if (withMean && isFar(w.mu[c])) {
-            return far(w, c, w.mu[c], scale, b, cc);   // dx = fma(x - 0, 0, fma(dy, 1, 0)) = dy
-        }
+        float a = (float) scale, b = (float) gradientB(scale, invstd, sumDyXmu);
+        float cc = (float) gradientC(scale, sumDy);
         w.far[c] = false;
-        w.scale[c] = (float) scale;
-        w.offset[c] = (float) b;
-        w.b[c] = (float) cc;
+        w.scale[c] = a;
+        w.offset[c] = b;
+        w.b[c] = cc;
+        // Branch-free: (bits & EXPONENT) - 1 is negative exactly for a zero or subnormal float.
+        int tiny = (Float.floatToRawIntBits(a) & EXPONENT) - 1;
+        if (withMean) {
+            tiny |= (Float.floatToRawIntBits(b) & EXPONENT) - 1 | (Float.floatToRawIntBits(cc) & EXPONENT) - 1
+                    | FAR_MEAN_BITS - 1 - (Float.floatToRawIntBits(w.mu[c]) & 0x7fffffff); // |mu| >= FAR_MEAN
+        }
+        return tiny >>> 31;
+    }
+
+    private double invstd(Scratch w, int c) {
+        return 1.0 / Math.sqrt((double) w.var[c] + epsilon);
+    }
+
+    private double gradientB(double scale, double invstd, double sumDyXmu) {
+        return -scale * invstd * invstd * sumDyXmu / m;
+    }
+
+    private double gradientC(double scale, double sumDy) {
+        return -scale * sumDy / m;
+    }
+
+    /**
+     * Marks the far channels among [c0, c1) after {@link #gradientCoefficients} found suspects
+     * (see {@link #FAR_MEAN}): with {@code withMean}, where dx uses x - mean, a far mean or a
+     * lossy a, b or c; frozen, a lossy a. Such a channel gets the pass-through a = 1, b = c = 0,
+     * mean 0 (dx = dy) and its dx is computed by {@link #finishFar}. Returns how many there are.
+     */
+    private int farGradients(Scratch w, int c0, int c1, boolean withMean) {
+        int far = 0;
+        for (int c = c0; c < c1; c++) {
+            far += farGradient(c, w, withMean);
+        }
+        return far;
+    }
+
+    /** {@link #farGradients}' rare case, with the coefficients again in double: 1 if far. */
+    private int farGradient(int c, Scratch w, boolean withMean) {
+        double invstd = invstd(w, c), a = w.g[c] * invstd;
+        if (withMean) {
+            double b = gradientB(a, invstd, w.sumDyXmu[c]), cc = gradientC(a, w.sumDy[c]);
+            if (isFar(w.mu[c]) || lossy(a) || lossy(b) || lossy(cc)) {
+                return far(w, c, w.mu[c], a, b, cc);     // dx = fma(x - 0, 0, fma(dy, 1, 0)) = dy
+            }
+        } else if (lossy(a)) {                           // frozen: dx = fma(dy - 0, 1, 0) = dy,
+            return far(w, c, 0, a, 0, 0);                // then finishFar's fma(dy - 0, a, 0)
+        }
         return 0;
     }
 
@@ -470,8 +526,18 @@ public final class BatchNormEngine {
         return Math.abs(mean) >= FAR_MEAN && Math.abs(mean) <= Float.MAX_VALUE;
     }
 
-    private static boolean isSubnormal(float scale) {
-        return scale != 0 && Math.abs(scale) < Float.MIN_NORMAL;
+    /** Whether the nonzero {@code exact} rounds to a subnormal float or to zero. */
+    private static boolean lossy(double exact) {
+        return Math.abs((float) exact) < Float.MIN_NORMAL && exact != 0;
+    }
+
+    /**
+     * {@link #lossy} for inference's float scale = (float) (gamma / sqrt(var + eps)), without the
+     * double: the exact scale is nonzero unless gamma is 0 or the variance +Infinity (a NaN
+     * variance gives a NaN scale, which no comparison holds for).
+     */
+    private static boolean lossy(float scale, float gamma, float variance) {
+        return Math.abs(scale) < Float.MIN_NORMAL && gamma != 0 && variance != Float.POSITIVE_INFINITY;
     }
 
     /**
