@@ -12,13 +12,13 @@ import org.junit.jupiter.params.provider.CsvSource;
 /**
  * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
  * groups over 128 KiB row blocks (up to 1023 channels; from 256 channels with a read-ahead of the
- * next block when x is larger than 16 MiB), and row blocks of 4 or 8 rows updating accumulators in
+ * next block when the tensors a pass reads, x or x and dy, exceed 16 MiB), and row blocks of 4 or 8 rows updating accumulators in
  * arrays (the rest, and every other width). Each must give the bits of the scalar kernels (one
  * double accumulator per channel, rows added in order). The engine's chunks are rarely longer than
  * one block on test-sized tensors, so this calls the kernels directly on row ranges that span
  * several blocks and end in a partial one; x and dy end exactly at the range's last row, so a
- * read-ahead past it would throw (the read-ahead cases use 17 MB tensors and the rows at their
- * end).
+ * read-ahead past it would throw (the read-ahead cases use 10-17 MB tensors and the rows at
+ * their end).
  */
 class RowReductionTest {
 
@@ -32,6 +32,7 @@ class RowReductionTest {
         "200, 1, 800, 0, 200",      // three groups in blocks of 163 rows, 8 channels in row blocks
         "256, 5, 400, 0, 256",      // blocks of 128 rows
         "256, 16380, 16800, 0, 256",    // ... with the read-ahead
+        "256, 9600, 10000, 0, 256",     // ... in the gradient sums only (x 10 MB, x and dy 20 MB)
         "300, 2, 600, 0, 300",      // 4 groups in blocks, 44 channels in row blocks (vector + tail)
         "300, 14000, 14300, 0, 300",    // ... with the read-ahead
         "512, 7, 200, 0, 512",      // blocks of 64 rows
