@@ -69,18 +69,18 @@ final class VectorKernels implements BatchNormKernels {
      * every row and strides to the next, and the later groups find the block in L2. From {@link
      * #TOUCH_CHANNELS} channels, when the pass reads more than {@link #TOUCH_MIN_BYTES} (x, or x
      * and dy for the gradient sums) and so likely from memory, the strided walk is a pattern the
-     * hardware prefetchers follow poorly (50x256x56x56 statistics alone: 10-11 GB/s against 20-22 for a sequential read), and each
-     * group's walk over a block also reads one int of each cache line of the next block, in order,
-     * {@link #TOUCH_STEP} bytes a row, the groups together covering it: a sequential stream the
-     * prefetchers do follow. Measured in one JVM, rounds alternating with the earlier code (the
-     * whole range per group up to 256 channels, else row blocks of 4), per-round median: training
-     * 1.14x faster on 50x256x56x56 and 1.29x on 50x512x28x28, backward 1.11x and 1.13x; on
-     * cache-resident tensors the read-ahead costs more than it gives (statistics of 50x256x14x14
-     * 1.5x slower) and is left out: 50x512x7x7 training 1.19x; 128 channels were 0.83x with it, and
-     * 1.07x (backward 1.13x) with blocks alone (256 KiB blocks: 0.94x). From {@link
-     * #WIDE_ROW_CHANNELS} channels the row-block path wins. The gradient sums count both tensors:
-     * on 50x256x14x14 (10 MB each) they took 1.6-1.8 ms without the read-ahead and 1.3-1.4 with
-     * it (the statistics over x alone 0.3-0.5 ms).
+     * hardware prefetchers follow poorly (50x256x56x56 statistics alone: 10-11 GB/s against 20-22
+     * for a sequential read), and each group's walk over a block also reads one int of each cache
+     * line of the next block, in order, {@link #TOUCH_STEP} bytes a row, the groups together
+     * covering it: a sequential stream the prefetchers do follow. Measured in one JVM, rounds
+     * alternating with the earlier code (the whole range per group up to 256 channels, else row
+     * blocks of 4), per-round median: training 1.14x faster on 50x256x56x56 and 1.29x on
+     * 50x512x28x28, backward 1.11x and 1.13x; on cache-resident tensors the read-ahead costs more
+     * than it gives (statistics of 50x256x14x14 1.5x slower) and is left out: 50x512x7x7 training
+     * 1.19x; 128 channels were 0.83x with it, and 1.07x (backward 1.13x) with blocks alone (256 KiB
+     * blocks: 0.94x). From {@link #WIDE_ROW_CHANNELS} channels the row-block path wins. The
+     * gradient sums count both tensors: on 50x256x14x14 (10 MB each) they took 1.6-1.8 ms without
+     * the read-ahead and 1.3-1.4 with it (the statistics over x alone 0.3-0.5 ms).
      */
     private static final int REGISTER_ROW_MAX = WIDE_ROW_CHANNELS - 1;
     private static final long BLOCK_BYTES = 128 * 1024;
