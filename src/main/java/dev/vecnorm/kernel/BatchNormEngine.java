@@ -37,15 +37,14 @@ public final class BatchNormEngine {
      * A channel whose mean (the float subtracted from x) is at least this large in magnitude is
      * "far": x - mean can round to infinity there (|x| <= Float.MAX_VALUE, and a difference rounds
      * to infinity only from Float.MAX_VALUE + 2^103 on), e.g. values of +-3e38 whose mean is
-     * -1.5e38. So is a channel whose float coefficient would be subnormal or zero while the
-     * exact one is not ({@link #lossy}): the forward scale gamma / sqrt(var + eps) (a standard
-     * deviation above about 8.5e37, or a tiny gamma), or backward's b = -a invstd^2 Sxdy / M (a
-     * standard deviation above about 1e18). The coefficient would keep fewer than 24 bits, or
-     * none, while y or dx can still be normal: several ulps off, or y = beta where the exact value
-     * differs from beta. The kernels pass such a channel
-     * through unchanged and {@link #finishFar} then computes its outputs in double, element by
-     * element. Values beyond 1e31 are outside anything a network produces, so this costs nothing
-     * in practice: a comparison or two per channel.
+     * -1.5e38. So is a channel whose float coefficient would be subnormal or zero while the exact
+     * one is not ({@link #lossy}): the forward scale gamma / sqrt(var + eps) (a standard deviation
+     * above about 8.5e37, or a tiny gamma), or backward's b = -a invstd^2 Sxdy / M (a standard
+     * deviation above about 1e18). The coefficient would keep fewer than 24 bits, or none, while y
+     * or dx can still be normal: several ulps off, or y = beta where the exact value differs from
+     * beta. The kernels pass such a channel through unchanged and {@link #finishFar} then computes
+     * its outputs in double, element by element. Values beyond 1e31 are outside anything a network
+     * produces, so this costs nothing in practice: a comparison or two per channel.
      */
     static final float FAR_MEAN = 0x1p103f;
     private static final int FAR_MEAN_BITS = Float.floatToRawIntBits(FAR_MEAN);
@@ -330,9 +329,10 @@ public final class BatchNormEngine {
             }
             int far = 0;
             for (int c = 0; suspects > 0 && c < channels; c++) {
-                w.far[c] = isFar(mu[c]) || lossy(scale[c], g[c], var[c]);
-                if (w.far[c]) {                      // y = fma(x - 0, 1, 0) = x, then finishFar
-                    far += far(w, c, mu[c], g[c] / Math.sqrt((double) var[c] + epsilon), b[c], 0);
+                double a = g[c] / Math.sqrt((double) var[c] + epsilon);  // scale[c], unrounded
+                w.far[c] = false;
+                if (isFar(mu[c]) || lossy(a)) {      // y = fma(x - 0, 1, 0) = x, then finishFar
+                    far += far(w, c, mu[c], a, b[c], 0);
                 }
             }
             transform(w, x, y, mu, scale, b);
@@ -529,15 +529,6 @@ public final class BatchNormEngine {
     /** Whether the nonzero {@code exact} rounds to a subnormal float or to zero. */
     private static boolean lossy(double exact) {
         return Math.abs((float) exact) < Float.MIN_NORMAL && exact != 0;
-    }
-
-    /**
-     * {@link #lossy} for inference's float scale = (float) (gamma / sqrt(var + eps)), without the
-     * double: the exact scale is nonzero unless gamma is 0 or the variance +Infinity (a NaN
-     * variance gives a NaN scale, which no comparison holds for).
-     */
-    private static boolean lossy(float scale, float gamma, float variance) {
-        return Math.abs(scale) < Float.MIN_NORMAL && gamma != 0 && variance != Float.POSITIVE_INFINITY;
     }
 
     /**
