@@ -1,0 +1,88 @@
+package dev.vecnorm.kernel;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+/**
+ * The NHWC transforms (y, and dx of backward) take different loops by channel count: at 512
+ * bits the parameters of 64 and 128 channels stay in registers; from 512 channels y is computed
+ * in blocks of 8 rows, each group of 64 channels keeping its parameters in registers; from 1024
+ * channels dx loads its four parameter vectors once for four rows; everything else, and every
+ * other width, is a row at a time. Each is elementwise, so each must give the scalar kernels'
+ * bits, and write exactly rows [row0, row1) x channels [c0, c1): the outputs start as NaN with a
+ * payload, and everything outside the range must still hold it. The row ranges start off a
+ * block boundary and end in a partial block; channel ranges inside the row take the general
+ * loops.
+ */
+class RowTransformTest {
+
+    private static final BatchNormKernels VECTOR = KernelProvider.kernels();
+    private static final BatchNormKernels SCALAR = new ScalarKernels();
+    /** A NaN no kernel computes: arithmetic on NaN gives the canonical one or keeps an input's. */
+    private static final int SENTINEL = 0x7fc0beef;
+
+    @ParameterizedTest(name = "channels {0}, rows [{1}, {2}), channels [{3}, {4})")
+    @CsvSource({
+        "64, 3, 70, 0, 64",         // parameters in registers, a row is 4 vectors
+        "128, 1, 40, 0, 128",       // ... 8 vectors
+        "512, 0, 19, 0, 512",       // y in blocks of 8 rows (2 blocks, then 3 rows)
+        "512, 2, 21, 64, 451",      // a channel range: the general loops
+        "1024, 1, 12, 0, 1024",     // dx 4 rows per parameter load (2 blocks, then 3 rows)
+        "1030, 3, 10, 0, 1030",     // ... 6 channels past the last full 512-bit vector
+        "2048, 0, 4, 5, 2043",      // one block of 4 rows over a channel range
+        "2048, 2, 3, 0, 2048",      // one row: no block
+    })
+    void transformsGiveTheScalarBits(int channels, long row0, long row1, int c0, int c1) {
+        try (Arena arena = Arena.ofConfined()) {
+            long e = (row1 + 1) * channels;           // one row past the range: must stay untouched
+            MemorySegment x = arena.allocate(4 * e), dy = arena.allocate(4 * e);
+            SplittableRandom r = new SplittableRandom(channels * 31L + row0);
+            for (long i = 0; i < e; i++) {
+                x.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) (100 + 10 * r.nextGaussian()));
+                dy.setAtIndex(ValueLayout.JAVA_FLOAT, i, (float) r.nextGaussian());
+            }
+            float[][] p = new float[4][channels];
+            for (int c = 0; c < channels; c++) {
+                p[0][c] = (float) (100 + r.nextGaussian());      // mean
+                p[1][c] = (float) r.nextGaussian();              // scale, a
+                p[2][c] = (float) r.nextGaussian();              // offset, b
+                p[3][c] = (float) r.nextGaussian();              // c
+            }
+            int[][] v = transforms(VECTOR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
+            int[][] s = transforms(SCALAR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
+            String[] names = {"y", "dx"};
+            for (int k = 0; k < 2; k++) {
+                assertArrayEquals(s[k], v[k], VECTOR.description() + ": " + names[k]);
+                for (long i = 0; i < e; i++) {
+                    long row = i / channels;
+                    int c = (int) (i % channels);
+                    boolean inside = row >= row0 && row < row1 && c >= c0 && c < c1;
+                    if (!inside) {
+                        assertEquals(SENTINEL, v[k][(int) i], names[k] + " written outside the range at row "
+                                + row + ", channel " + c);
+                    }
+                }
+            }
+        }
+    }
+
+    private static int[][] transforms(BatchNormKernels k, Arena arena, MemorySegment x,
+                                      MemorySegment dy, long e, int channels, long row0,
+                                      long row1, int c0, int c1, float[][] p) {
+        MemorySegment y = arena.allocate(4 * e), dx = arena.allocate(4 * e);
+        for (long i = 0; i < e; i++) {
+            y.setAtIndex(ValueLayout.JAVA_INT, i, SENTINEL);
+            dx.setAtIndex(ValueLayout.JAVA_INT, i, SENTINEL);
+        }
+        k.rowNormalize(x, y, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
+        k.rowGradientInput(x, dy, dx, channels, row0, row1, c0, c1, p[0], p[1], p[2], p[3]);
+        return new int[][] {y.toArray(ValueLayout.JAVA_INT), dx.toArray(ValueLayout.JAVA_INT)};
+    }
+}
