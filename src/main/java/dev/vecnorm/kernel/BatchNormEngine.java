@@ -227,9 +227,8 @@ public final class BatchNormEngine {
                 kernels.planesMoments(w.x, channels, spatial, img * channels + c0,
                         img * channels + c1, shift, s1, s2);
             }
-            long values = (start(k + 1) - start(k)) * spatial;
+            w.moments.mergeShiftedSums(c0, c1, (start(k + 1) - start(k)) * spatial, shift, s1, s2);
             for (int c = c0; c < c1; c++) {
-                w.moments.mergeShiftedSums(c, values, shift[c], s1[c], s2[c]);
                 s1[c] = 0;
                 s2[c] = 0;
             }
@@ -261,9 +260,7 @@ public final class BatchNormEngine {
         workers.run(chunks, w, nchw ? planeMoments : rowMoments);
         for (int k = 0; k < chunks; k++) {
             long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
-            for (int c = 0; c < channels; c++) {
-                w.moments.mergeShiftedSums(c, values, w.shift[c], s1[k][c], s2[k][c]);
-            }
+            w.moments.mergeShiftedSums(0, channels, values, w.shift, s1[k], s2[k]);
         }
     }
 
