@@ -814,9 +814,13 @@ final class VectorKernels implements BatchNormKernels {
             return;
         }
         long rowBytes = 4L * channels;
-        if (grouped(channels, c0, c1, row0, row1)) {
+        if (grouped(channels, c0, c1, row0, row1, x.equals(y))) {
             long blocked = row0 + (row1 - row0) / GROUP_ROWS * GROUP_ROWS;
             normalizeGrouped(x, y, rowBytes, row0, blocked, channels, mean, scale, offset);
+            row0 = blocked;
+        } else if (channels >= WIDE_ROW_CHANNELS) {
+            long blocked = row0 + (row1 - row0) / 4 * 4;
+            normalizeRows4(x, y, rowBytes, row0, blocked, c0, c1, mean, scale, offset);
             row0 = blocked;
         }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
@@ -832,6 +836,41 @@ final class VectorKernels implements BatchNormKernels {
             for (int c = vectorEnd; c < c1; c++) {
                 long o = base + 4L * c;
                 y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
+            }
+        }
+    }
+
+    /**
+     * Rows [row0, row1), a multiple of 4 of them, four rows per load of the three parameter
+     * vectors (as {@link #gradientInputRows4} for dx). From {@link #WIDE_ROW_CHANNELS} channels
+     * the parameters take 12 KiB or more, and loaded for every row they share L1 with the
+     * tensors' lines. Measured against that loop (one thread, y alone): 50x2048x14x14 11.2-11.6
+     * -> 7.2-8.3 ms, 50x4096x7x7 5.4-6.7 -> 3.0-3.3 ms, 50x1024x14x14 about the same; in place
+     * 1.80x, 2.10x on [2048, 4096], 1.09x. Against the grouped walk, which took these widths
+     * before where it applies (in-JVM A/B of the kernel): out of place 1.22x on 8x1024x7x7,
+     * 1.26x on 4x2048x7x7, 1.06x on 50x2048x7x7, 1.01x on 20x1024x7x7; but in place the grouped
+     * walk stays 1.4-1.5x faster, and keeps that case.
+     */
+    private static void normalizeRows4(MemorySegment x, MemorySegment y, long rowBytes, long row0,
+                                       long row1, int c0, int c1, float[] mean, float[] scale,
+                                       float[] offset) {
+        int vectorEnd = c0 + (c1 - c0) / FL * FL;
+        for (long r = row0; r < row1; r += 4) {
+            long base = r * rowBytes;
+            for (int c = c0; c < vectorEnd; c += FL) {
+                long o0 = base + 4L * c, o1 = o0 + rowBytes, o2 = o1 + rowBytes, o3 = o2 + rowBytes;
+                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
+                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
+                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
+                FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o0, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o1, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o2, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o2, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o3, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o3, NATIVE);
+            }
+            for (int c = vectorEnd; c < c1; c++) {
+                for (long o = base + 4L * c, e = o + 4 * rowBytes; o < e; o += rowBytes) {
+                    y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
+                }
             }
         }
     }
@@ -904,17 +943,20 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     /**
-     * NHWC transforms over many channels (512 or more, in groups of 64) in a range that the
-     * caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block each group of 64
-     * channels keeps its parameters in registers across the block's rows, instead of reloading
-     * three parameter vectors per data vector. Measured (one thread, probe): 50x2048x7x7
+     * NHWC transforms over many channels (512 or more, in groups of 64; from {@link
+     * #WIDE_ROW_CHANNELS} on only in place, as out of place {@link #normalizeRows4} wins) in a
+     * range that the caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block
+     * each group of 64 channels keeps its parameters in registers across the block's rows,
+     * instead of reloading three parameter vectors per data vector. Measured (one thread, probe): 50x2048x7x7
      * normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms; 50x512x7x7 0.17-0.19 ->
      * 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place) the column walk through the
      * block lost up to 1.5x, hence the size limit {@link #GROUPED_MAX_BYTES}. The same walk for
      * dx (16 parameter vectors per group) was slower: 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
      */
-    private static boolean grouped(int channels, int c0, int c1, long row0, long row1) {
-        return FL == 16 && channels >= 512 && channels % 64 == 0 && c0 == 0 && c1 == channels
+    private static boolean grouped(int channels, int c0, int c1, long row0, long row1,
+                                   boolean inPlace) {
+        return FL == 16 && channels >= 512 && (channels < WIDE_ROW_CHANNELS || inPlace)
+                && channels % 64 == 0 && c0 == 0 && c1 == channels
                 && (row1 - row0) * 4L * channels <= GROUPED_MAX_BYTES;
     }
 
@@ -1093,7 +1135,7 @@ final class VectorKernels implements BatchNormKernels {
         }
         long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        if (channels >= WIDE_ROW_CHANNELS) {
+        if (channels > WIDE_ROW_CHANNELS) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
             gradientInputRows4(x, dy, dx, rowBytes, row0, blocked, c0, c1, mean, a, b, c);
             row0 = blocked;
@@ -1119,12 +1161,13 @@ final class VectorKernels implements BatchNormKernels {
 
     /**
      * Rows [row0, row1), a multiple of 4 of them, four rows per load of the four parameter
-     * vectors. From {@link #WIDE_ROW_CHANNELS} channels the parameters take 16 KiB or more, half
-     * of L1, and the row-at-a-time loop streams them from L2 along with three tensors' lines.
-     * Measured (one thread, probe, NHWC dx alone): 50x2048x7x7 3.4-4.6 -> 2.3-2.6 ms,
-     * 50x1024x14x14 6.4 -> 5.5-5.8 ms; two rows per load gained less (2.6-3.2 and 6.4-6.7 ms),
-     * and on 512 channels (8 KiB of parameters) pairs of rows were slower (50x512x28x28
-     * 11.4-14.0 -> 16 ms).
+     * vectors. Above {@link #WIDE_ROW_CHANNELS} channels the parameters take more than 16 KiB,
+     * half of L1, and the row-at-a-time loop streams them from L2 along with three tensors'
+     * lines. Measured against it (in-JVM A/B of the whole backward, both orders, same bits):
+     * 50x2048x7x7 1.17-1.22x faster, 50x1536x7x7 and 8x1536x7x7 1.28x; at 1024 channels (16
+     * KiB) 50x1024x14x14 gained 1.02-1.04x but the cache-resident 8x1024x7x7 and 20x1024x7x7
+     * lost 8-24 %, hence the strict bound. Two rows per load gained less (dx alone on
+     * 50x2048x7x7: 2.6-3.2 against 2.3-2.6 ms), and slowed 512 channels.
      */
     private static void gradientInputRows4(MemorySegment x, MemorySegment dy, MemorySegment dx,
                                            long rowBytes, long row0, long row1, int c0, int c1,

@@ -11,15 +11,16 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The NHWC transforms (y, and dx of backward) take different loops by channel count: at 512
- * bits the parameters of 64 and 128 channels stay in registers; from 512 channels y is computed
- * in blocks of 8 rows, each group of 64 channels keeping its parameters in registers; from 1024
- * channels dx loads its four parameter vectors once for four rows; everything else, and every
- * other width, is a row at a time. Each is elementwise, so each must give the scalar kernels'
- * bits, and write exactly rows [row0, row1) x channels [c0, c1): the outputs start as NaN with a
- * payload, and everything outside the range must still hold it. The row ranges start off a
- * block boundary and end in a partial block; channel ranges inside the row take the general
- * loops.
+ * The NHWC transforms (y, and dx of backward) take different loops by channel count and by
+ * whether y is x: at 512 bits the parameters of 64 and 128 channels stay in registers; from 512
+ * channels y is computed in blocks of 8 rows, each group of 64 channels keeping its parameters
+ * in registers (from 1024 channels only in place); from 1024 channels y out of place, and above
+ * 1024 dx, load their parameter vectors once for four rows; everything else, and every other
+ * width, is a row at a time. Each is elementwise, so each must give the scalar kernels' bits,
+ * and write exactly rows [row0, row1) x channels [c0, c1): the outputs start as NaN with a
+ * payload (in place: as x), and everything outside the range must still hold it. The row ranges
+ * start off a block boundary and end in a partial block; channel ranges inside the row take the
+ * general loops.
  */
 class RowTransformTest {
 
@@ -34,8 +35,10 @@ class RowTransformTest {
         "128, 1, 40, 0, 128",       // ... 8 vectors
         "512, 0, 19, 0, 512",       // y in blocks of 8 rows (2 blocks, then 3 rows)
         "512, 2, 21, 64, 451",      // a channel range: the general loops
-        "1024, 1, 12, 0, 1024",     // dx 4 rows per parameter load (2 blocks, then 3 rows)
-        "1030, 3, 10, 0, 1030",     // ... 6 channels past the last full 512-bit vector
+        "1024, 1, 12, 0, 1024",     // y: 4 rows per parameter load (2 blocks, then 3 rows),
+                                    // or in place blocks of 8; dx a row at a time
+        "1030, 3, 10, 0, 1030",     // y and dx 4 rows per load; 6 channels past the last full
+                                    // 512-bit vector
         "2048, 0, 4, 5, 2043",      // one block of 4 rows over a channel range
         "2048, 2, 3, 0, 2048",      // one row: no block
     })
@@ -57,16 +60,17 @@ class RowTransformTest {
             }
             int[][] v = transforms(VECTOR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
             int[][] s = transforms(SCALAR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
-            String[] names = {"y", "dx"};
-            for (int k = 0; k < 2; k++) {
+            String[] names = {"y", "dx", "y in place"};
+            int[] xBits = x.toArray(ValueLayout.JAVA_INT);
+            for (int k = 0; k < 3; k++) {
                 assertArrayEquals(s[k], v[k], VECTOR.description() + ": " + names[k]);
                 for (long i = 0; i < e; i++) {
                     long row = i / channels;
                     int c = (int) (i % channels);
                     boolean inside = row >= row0 && row < row1 && c >= c0 && c < c1;
                     if (!inside) {
-                        assertEquals(SENTINEL, v[k][(int) i], names[k] + " written outside the range at row "
-                                + row + ", channel " + c);
+                        assertEquals(k == 2 ? xBits[(int) i] : SENTINEL, v[k][(int) i], names[k]
+                                + " written outside the range at row " + row + ", channel " + c);
                     }
                 }
             }
@@ -83,6 +87,9 @@ class RowTransformTest {
         }
         k.rowNormalize(x, y, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
         k.rowGradientInput(x, dy, dx, channels, row0, row1, c0, c1, p[0], p[1], p[2], p[3]);
-        return new int[][] {y.toArray(ValueLayout.JAVA_INT), dx.toArray(ValueLayout.JAVA_INT)};
+        MemorySegment z = arena.allocate(4 * e).copyFrom(x);
+        k.rowNormalize(z, z, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
+        return new int[][] {y.toArray(ValueLayout.JAVA_INT), dx.toArray(ValueLayout.JAVA_INT),
+            z.toArray(ValueLayout.JAVA_INT)};
     }
 }
