@@ -264,13 +264,69 @@ public final class Report {
         }
         t.append("\nCeilings, measured in the same run:\n\n| shape | threads | copy | vector copy loop | vector triad loop |\n|---|---|---|---|---|\n");
         t.append(ceilings);
+        t.append(targets(byKey, s));
         if (s.threads.size() > 1) {
             t.append(scaling(byKey, s));
         }
         return t.toString();
     }
 
+    /** A target of the report: a kernel's speed as a fraction of a ceiling of the same bytes. */
+    record Target(String text, String kernel, String ceiling, double fraction) {
+    }
+
+    static final Target[] TARGETS = {
+        new Target("training forward >= 75 % of the vector copy loop", "forwardTraining", "vectorCopy", 0.75),
+        new Target("inference >= 90 % of the vector copy loop", "forwardInference", "vectorCopy", 0.90),
+        new Target("in-place inference >= 85 % of copy", "forwardInferenceInPlace", "copy", 0.85),
+        new Target("backward >= 65 % of the vector triad loop", "backward", "vectorTriad", 0.65),
+    };
+
+    /**
+     * How many shapes meet each target, per layout (vector kernels, first thread count), and
+     * which miss it. A ceiling moves the bytes its kernel's minimum traffic counts, so the
+     * fraction is the ceiling's time over the kernel's.
+     */
+    static String targets(Map<Key, Result<?>> byKey, Settings s) {
+        String threads = s.threads.get(0);
+        StringBuilder t = new StringBuilder("\nTargets (vector kernels, " + threads + " thread; shapes that"
+                + " meet each, of those measured, and those that miss):\n\n| target |");
+        s.layouts.forEach(l -> t.append(' ').append(l).append(" |"));
+        t.append("\n|---|");
+        s.layouts.forEach(l -> t.append("---|"));
+        t.append('\n');
+        boolean any = false;
+        for (Target target : TARGETS) {
+            t.append("| ").append(target.text()).append(" |");
+            for (String layout : s.layouts) {
+                int met = 0, measured = 0;
+                List<String> missed = new ArrayList<>();
+                for (String shape : s.shapes) {
+                    double ms = median(byKey.get(new Key(target.kernel(), shape, layout, "vector", threads)));
+                    double ceiling = ceiling(byKey, target.ceiling(), shape, threads);
+                    if (Double.isNaN(ms) || Double.isNaN(ceiling)) {
+                        continue;
+                    }
+                    measured++;
+                    if (ceiling / ms >= target.fraction()) {
+                        met++;
+                    } else {
+                        missed.add(shape + String.format(Locale.ROOT, " %.0f %%", 100 * ceiling / ms));
+                    }
+                }
+                any |= measured > 0;
+                t.append(String.format(Locale.ROOT, " %d of %d%s |", met, measured,
+                        missed.isEmpty() ? "" : " (" + String.join(", ", missed) + ")"));
+            }
+            t.append('\n');
+        }
+        return any ? t.toString() : "";
+    }
+
     static final String[] PEER_KERNELS = {"forwardTraining", "forwardInference", "backward"};
+    /** The targets against the fastest peer, in the order of {@link #PEER_KERNELS}. */
+    static final double[] PEER_TARGETS = {1.2, 1.05, 1.2};
+    static final String[] PEER_LABELS = {"training forward", "inference", "backward"};
 
     /**
      * vecnorm (vector kernels, first thread count) against every peer layout measured, and the
@@ -301,6 +357,7 @@ public final class Report {
         t.append(" fastest peer | ratio NCHW | ratio NHWC | at loop |\n|---|---|---|---|");
         names.forEach(n -> t.append("---|"));
         t.append("---|---|---|---|\n");
+        int[][] met = new int[PEER_KERNELS.length][2], measured = new int[PEER_KERNELS.length][2];
         for (String shape : s.shapes) {
             for (String kernel : PEER_KERNELS) {
                 double nchw = median(mine.get(new Key(kernel, shape, "NCHW", "vector", threads)));
@@ -319,7 +376,22 @@ public final class Report {
                 double loop = ceiling(mine, kernel.equals("backward") ? "vectorTriad" : "vectorCopy", shape, threads);
                 t.append(String.format(Locale.ROOT, " %s | %.2fx | %.2fx | %.2fx |%n", bestName, best / nchw,
                         best / nhwc, best / loop));
+                int k = List.of(PEER_KERNELS).indexOf(kernel);
+                for (int l = 0; l < 2; l++) {
+                    double ratio = best / (l == 0 ? nchw : nhwc);
+                    if (!Double.isNaN(ratio)) {
+                        measured[k][l]++;
+                        met[k][l] += ratio >= PEER_TARGETS[k] ? 1 : 0;
+                    }
+                }
             }
+        }
+        t.append("\nTargets against the fastest peer (any of its layouts): shapes where vecnorm meets each, of"
+                + " those measured:\n\n"
+                + "| target | NCHW | NHWC |\n|---|---|---|\n");
+        for (int k = 0; k < PEER_KERNELS.length; k++) {
+            t.append(String.format(Locale.ROOT, "| %s >= %sx the fastest peer's speed | %d of %d | %d of %d |%n",
+                    PEER_LABELS[k], PEER_TARGETS[k], met[k][0], measured[k][0], met[k][1], measured[k][1]));
         }
         return t.toString();
     }
