@@ -311,7 +311,8 @@ public final class Report {
                     if (ceiling / ms >= target.fraction()) {
                         met++;
                     } else {
-                        missed.add(shape + String.format(Locale.ROOT, " %.0f %%", 100 * ceiling / ms));
+                        // Rounded down: a miss never shows the target's own figure.
+                        missed.add(shape + String.format(Locale.ROOT, " %.0f %%", Math.floor(100 * ceiling / ms)));
                     }
                 }
                 any |= measured > 0;
