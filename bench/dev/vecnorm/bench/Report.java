@@ -360,7 +360,8 @@ public final class Report {
         t.append("---|---|---|---|\n");
         int[][] met = new int[PEER_KERNELS.length][2], measured = new int[PEER_KERNELS.length][2];
         for (String shape : s.shapes) {
-            for (String kernel : PEER_KERNELS) {
+            for (int k = 0; k < PEER_KERNELS.length; k++) {
+                String kernel = PEER_KERNELS[k];
                 double nchw = median(mine.get(new Key(kernel, shape, "NCHW", "vector", threads)));
                 double nhwc = median(mine.get(new Key(kernel, shape, "NHWC", "vector", threads)));
                 t.append(String.format(Locale.ROOT, "| %s | %s | %.4g | %.4g |", shape, kernel, nchw, nhwc));
@@ -377,7 +378,6 @@ public final class Report {
                 double loop = ceiling(mine, kernel.equals("backward") ? "vectorTriad" : "vectorCopy", shape, threads);
                 t.append(String.format(Locale.ROOT, " %s | %.2fx | %.2fx | %.2fx |%n", bestName, best / nchw,
                         best / nhwc, best / loop));
-                int k = List.of(PEER_KERNELS).indexOf(kernel);
                 for (int l = 0; l < 2; l++) {
                     double ratio = best / (l == 0 ? nchw : nhwc);
                     if (!Double.isNaN(ratio)) {

@@ -956,11 +956,12 @@ final class VectorKernels implements BatchNormKernels {
      * #WIDE_ROW_CHANNELS} on only in place, as out of place {@link #normalizeRows4} wins) in a
      * range that the caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block
      * each group of 64 channels keeps its parameters in registers across the block's rows,
-     * instead of reloading three parameter vectors per data vector. Measured (one thread, probe): 50x2048x7x7
-     * normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms; 50x512x7x7 0.17-0.19 ->
-     * 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place) the column walk through the
-     * block lost up to 1.5x, hence the size limit {@link #GROUPED_MAX_BYTES}. The same walk for
-     * dx (16 parameter vectors per group) was slower: 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
+     * instead of reloading three parameter vectors per data vector. Measured (one thread,
+     * probe): 50x2048x7x7 normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms;
+     * 50x512x7x7 0.17-0.19 -> 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place)
+     * the column walk through the block lost up to 1.5x, hence the size limit {@link
+     * #GROUPED_MAX_BYTES}. The same walk for dx (16 parameter vectors per group) was slower:
+     * 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
      */
     private static boolean grouped(int channels, int c0, int c1, long row0, long row1,
                                    boolean inPlace) {
