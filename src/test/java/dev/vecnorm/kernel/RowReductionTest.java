@@ -11,14 +11,15 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
- * groups over 128 KiB row blocks (up to 1023 channels; from 256 channels with a read-ahead of the
- * next block when the tensors a pass reads, x or x and dy, exceed 16 MiB), and row blocks of 4 or 8 rows updating accumulators in
- * arrays (the rest, and every other width). Each must give the bits of the scalar kernels (one
- * double accumulator per channel, rows added in order). The engine's chunks are rarely longer than
- * one block on test-sized tensors, so this calls the kernels directly on row ranges that span
- * several blocks and end in a partial one; x and dy end exactly at the range's last row, so a
- * read-ahead past it would throw (the read-ahead cases use 10-17 MB tensors and the rows at
- * their end).
+ * groups over row blocks (up to 1023 channels), and row blocks of 4 or 8 rows updating
+ * accumulators in arrays (the rest, and every other width). The register groups walk 128 KiB
+ * blocks, or, with a read-ahead of the next block when the tensors a pass reads (x, or x and dy)
+ * exceed 16 MiB (from 256 channels) or 32 MiB (128 to 255), blocks of a few KiB below 512
+ * channels and 128 KiB from there. Each must give the bits of the scalar kernels (one double
+ * accumulator per channel, rows added in order). The engine's chunks are rarely longer than one
+ * block on test-sized tensors, so this calls the kernels directly on row ranges that span several
+ * blocks and end in a partial one; x and dy end exactly at the range's last row, so a read-ahead
+ * past it would throw (the read-ahead cases use 10-34 MB tensors and the rows at their end).
  */
 class RowReductionTest {
 
@@ -29,12 +30,15 @@ class RowReductionTest {
     @CsvSource({
         "64, 3, 700, 0, 64",        // one register group, blocks of 512 rows
         "128, 3, 1200, 0, 128",     // blocks of 256 rows: 4 full, 1 partial
+        "128, 65600, 66000, 0, 128",    // ... read-ahead in blocks of 14 and 8 rows (x 34 MB)
+        "128, 33000, 33300, 0, 128",    // ... in the gradient sums only (x 17 MB, x and dy 34 MB)
         "200, 1, 800, 0, 200",      // three groups in blocks of 163 rows, 8 channels in row blocks
         "256, 5, 400, 0, 256",      // blocks of 128 rows
-        "256, 16380, 16800, 0, 256",    // ... with the read-ahead
+        "256, 16380, 16800, 0, 256",    // ... with the read-ahead, blocks of 7 and 4 rows
         "256, 9600, 10000, 0, 256",     // ... in the gradient sums only (x 10 MB, x and dy 20 MB)
         "300, 2, 600, 0, 300",      // 4 groups in blocks, 44 channels in row blocks (vector + tail)
-        "300, 14000, 14300, 0, 300",    // ... with the read-ahead
+        "300, 14000, 14300, 0, 300",    // ... with the read-ahead, blocks of 5 and 3 rows
+        "384, 11000, 11203, 40, 380",   // read-ahead from channel 40: 5 groups, 20 channels left
         "512, 7, 200, 0, 512",      // blocks of 64 rows
         "512, 8200, 8400, 0, 512",      // ... with the read-ahead
         "512, 8250, 8400, 64, 451",     // a channel range inside the row: 6 groups, 3 left over
