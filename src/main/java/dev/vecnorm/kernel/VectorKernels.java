@@ -92,7 +92,13 @@ final class VectorKernels implements BatchNormKernels {
      * 18.2-18.8, 8 rows 8.8-9.1 / 23.3-23.8, 12 rows 11.6-12.0 / -; 128 channels (no read-ahead
      * before) 16.1 / 31.2 ms against 12.2 (16 rows) / 18.9 (8 rows); 384 channels 14.3 / 21.8
      * against 10.8 (4 rows) / 20.5 (2 rows); 512 channels were slower in blocks of 2 to 8 rows
-     * (statistics 13.2 against 14.6-16.0 ms, gradient sums 21.9 against 25.4-28.9) and keep 128 KiB.
+     * (statistics 13.2 against 14.6-16.0 ms, gradient sums 21.9 against 25.4-28.9). There, larger
+     * blocks help the gradient sums instead: {@link #GRADIENT_WIDE_BLOCK} of each tensor, 3/4 of
+     * L2 for the two. Measured through the kernel entry points, 16 chunks as in the engine,
+     * 50x512x28x28 (80 MB a tensor), alternating runs: 128 KiB 11.0-12.1 ms (7 runs), 256 KiB
+     * 10.2-10.3, 384 KiB 9.1-9.7 (5), 512 KiB 9.5-11.3 (8), 768 KiB 10.7-11.0; the statistics
+     * showed no gain (5.5-6.4 ms at every size) and keep 128 KiB. JMH quick, NHWC backward,
+     * three alternating pairs: 21.55 / 21.62 / 21.93 ms -> 20.14 / 27.11 / 20.60.
      * In JMH (quick runs, NHWC): 50x256x56x56 training 24.7 -> 21.6 ms, backward 41.3 -> 33.5.
      * 128 to 255 channels read ahead only beyond 32 MiB: the 20 MB x of 50x128x28x28, partly in
      * L3 between calls, took its statistics 1.5x slower with it (training 2.12 -> 3.20 ms), while
@@ -104,6 +110,7 @@ final class VectorKernels implements BatchNormKernels {
     private static final int WINDOW_CHANNELS = 512;
     private static final long MOMENTS_WINDOW = 7 * 1024;
     private static final long GRADIENT_WINDOW = 4 * 1024;
+    private static final long GRADIENT_WIDE_BLOCK = 384 * 1024;
     private static final long TOUCH_MIN_BYTES = 16L * 1024 * 1024;
     private static final long TOUCH_STEP = 4L * 64;
     /**
@@ -119,11 +126,14 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     /**
-     * Rows per block of an NHWC register walk: {@link #BLOCK_BYTES} of rows, or, when it reads
-     * ahead over rows narrower than {@link #WINDOW_CHANNELS} channels, {@code window} bytes.
+     * Rows per block of an NHWC register walk: {@link #BLOCK_BYTES} of rows; when it reads ahead,
+     * {@code window} bytes over rows narrower than {@link #WINDOW_CHANNELS} channels and
+     * {@code wide} bytes over wider ones.
      */
-    private static long blockRows(long rowBytes, int channels, boolean touch, long window) {
-        return Math.max(1, (touch && channels < WINDOW_CHANNELS ? window : BLOCK_BYTES) / rowBytes);
+    private static long blockRows(long rowBytes, int channels, boolean touch, long window,
+                                  long wide) {
+        long bytes = !touch ? BLOCK_BYTES : channels < WINDOW_CHANNELS ? window : wide;
+        return Math.max(1, bytes / rowBytes);
     }
 
     /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
@@ -705,7 +715,7 @@ final class VectorKernels implements BatchNormKernels {
             // 6.4 M floats: memory speed), in row blocks, maybe reading ahead: see REGISTER_ROW_MAX.
             int groups = (c1 - c0) / 64;
             boolean touch = touches(x.byteSize(), channels);
-            long block = blockRows(rowBytes, channels, touch, MOMENTS_WINDOW);
+            long block = blockRows(rowBytes, channels, touch, MOMENTS_WINDOW, BLOCK_BYTES);
             long end = touch ? row1 * rowBytes : 0;
             int sink = 0;
             for (long r = row0; r < row1; r += block) {
@@ -1041,7 +1051,8 @@ final class VectorKernels implements BatchNormKernels {
             // As in rowMoments; the read-ahead reads both tensors' next block.
             int groups = (c1 - c0) / 64;
             boolean touch = touches(2 * x.byteSize(), channels);
-            long block = blockRows(rowBytes, channels, touch, GRADIENT_WINDOW);
+            long block = blockRows(rowBytes, channels, touch, GRADIENT_WINDOW,
+                    GRADIENT_WIDE_BLOCK);
             long end = touch ? row1 * rowBytes : 0;
             int sink = 0;
             for (long r = row0; r < row1; r += block) {

@@ -15,8 +15,9 @@ import org.junit.jupiter.params.provider.CsvSource;
  * accumulators in arrays (the rest, and every other width). The register groups walk 128 KiB
  * blocks, or, with a read-ahead of the next block when the tensors a pass reads (x, or x and dy)
  * exceed 16 MiB (from 256 channels) or 32 MiB (128 to 255), blocks of a few KiB below 512
- * channels and 128 KiB from there. Each must give the bits of the scalar kernels (one double
- * accumulator per channel, rows added in order). The engine's chunks are rarely longer than one
+ * channels and, from there, 128 KiB (statistics) or 384 KiB of each tensor (gradient sums).
+ * Each must give the bits of the scalar kernels (one double accumulator per channel, rows added
+ * in order). The engine's chunks are rarely longer than one
  * block on test-sized tensors, so this calls the kernels directly on row ranges that span several
  * blocks and end in a partial one; x and dy end exactly at the range's last row, so a read-ahead
  * past it would throw (the read-ahead cases use 10-34 MB tensors and the rows at their end).
@@ -40,7 +41,7 @@ class RowReductionTest {
         "300, 14000, 14300, 0, 300",    // ... with the read-ahead, blocks of 5 and 3 rows
         "384, 11000, 11203, 40, 380",   // read-ahead from channel 40: 5 groups, 20 channels left
         "512, 7, 200, 0, 512",      // blocks of 64 rows
-        "512, 8200, 8400, 0, 512",      // ... with the read-ahead
+        "512, 8200, 8400, 0, 512",      // ... with the read-ahead (gradient sums: 192 + 8 rows)
         "512, 8250, 8400, 64, 451",     // a channel range inside the row: 6 groups, 3 left over
         "1024, 1, 30, 0, 1024",     // row blocks of 8 over 29 rows
         "1100, 0, 19, 0, 1100",     // ... with 12 channels past the last full vector
