@@ -92,17 +92,19 @@ final class VectorKernels implements BatchNormKernels {
      * 18.2-18.8, 8 rows 8.8-9.1 / 23.3-23.8, 12 rows 11.6-12.0 / -; 128 channels (no read-ahead
      * before) 16.1 / 31.2 ms against 12.2 (16 rows) / 18.9 (8 rows); 384 channels 14.3 / 21.8
      * against 10.8 (4 rows) / 20.5 (2 rows); 512 channels were slower in blocks of 2 to 8 rows
-     * (statistics 13.2 against 14.6-16.0 ms, gradient sums 21.9 against 25.4-28.9). There, larger
-     * blocks help the gradient sums instead: {@link #GRADIENT_WIDE_BLOCK} of each tensor, 3/4 of
-     * L2 for the two. Measured through the kernel entry points, 16 chunks as in the engine,
-     * 50x512x28x28 (80 MB a tensor), alternating runs: 128 KiB 11.0-12.1 ms (7 runs), 256 KiB
-     * 10.2-10.3, 384 KiB 9.1-9.7 (5), 512 KiB 9.5-11.3 (8), 768 KiB 10.7-11.0; the statistics
-     * showed no gain (5.5-6.4 ms at every size) and keep 128 KiB. JMH quick, NHWC backward,
-     * three alternating pairs: 21.55 / 21.62 / 21.93 ms -> 20.14 / 27.11 / 20.60.
+     * (statistics 13.2 against 14.6-16.0 ms, gradient sums 21.9 against 25.4-28.9).
      * In JMH (quick runs, NHWC): 50x256x56x56 training 24.7 -> 21.6 ms, backward 41.3 -> 33.5.
      * 128 to 255 channels read ahead only beyond 32 MiB: the 20 MB x of 50x128x28x28, partly in
      * L3 between calls, took its statistics 1.5x slower with it (training 2.12 -> 3.20 ms), while
      * its gradient sums, over 40 MB, gained (backward 6.5 -> 4.8 ms).
+     *
+     * <p>From {@link #WINDOW_CHANNELS} channels larger blocks help the gradient sums instead when
+     * they read ahead: {@link #GRADIENT_WIDE_BLOCK} of each tensor, 3/4 of L2 for the two.
+     * Measured through the kernel entry points, 16 chunks as in the engine, 50x512x28x28 (80 MB a
+     * tensor), alternating runs: 128 KiB 11.0-12.1 ms (7 runs), 256 KiB 10.2-10.3, 384 KiB 9.1-9.7
+     * (5), 512 KiB 9.5-11.3 (8), 768 KiB 10.7-11.0; the statistics showed no gain (5.5-6.4 ms at
+     * every size) and keep {@link #BLOCK_BYTES}. JMH quick, NHWC backward, three alternating
+     * pairs: 21.55 / 21.62 / 21.93 ms -> 20.14 / 27.11 / 20.60.
      */
     private static final int REGISTER_ROW_MAX = WIDE_ROW_CHANNELS - 1;
     private static final long BLOCK_BYTES = 128 * 1024;

@@ -17,10 +17,10 @@ import org.junit.jupiter.params.provider.CsvSource;
  * exceed 16 MiB (from 256 channels) or 32 MiB (128 to 255), blocks of a few KiB below 512
  * channels and, from there, 128 KiB (statistics) or 384 KiB of each tensor (gradient sums).
  * Each must give the bits of the scalar kernels (one double accumulator per channel, rows added
- * in order). The engine's chunks are rarely longer than one
- * block on test-sized tensors, so this calls the kernels directly on row ranges that span several
- * blocks and end in a partial one; x and dy end exactly at the range's last row, so a read-ahead
- * past it would throw (the read-ahead cases use 10-34 MB tensors and the rows at their end).
+ * in order). The engine's chunks are rarely longer than one block on test-sized tensors, so this
+ * calls the kernels directly on row ranges that span several blocks and end in a partial one; x
+ * and dy end exactly at the range's last row, so a read-ahead past it would throw (the read-ahead
+ * cases use 10-34 MB tensors and the rows at their end).
  */
 class RowReductionTest {
 
