@@ -30,9 +30,6 @@ public final class BatchNormEngine {
      */
     static final long PARALLEL_MIN_ELEMENTS = 1L << 16;
     static final int MAX_CHUNKS = 16;
-    /** NCHW: planes and tensors from these sizes on run channel by channel ({@link #channelBlock}). */
-    static final long BLOCKED_MIN_PLANE_BYTES = 32 * 1024;
-    static final long BLOCKED_MIN_TENSOR_BYTES = 32L * 1024 * 1024;
     /**
      * A channel whose mean (the float subtracted from x) is at least this large in magnitude is
      * "far": x - mean can round to infinity there (|x| <= Float.MAX_VALUE, and a difference rounds
@@ -50,6 +47,7 @@ public final class BatchNormEngine {
     private static final int FAR_MEAN_BITS = Float.floatToRawIntBits(FAR_MEAN);
     private static final int EXPONENT = 0x7f800000;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
+    private static final int LANE_SLOTS = BatchNormKernels.LANE_SLOTS;
 
     private final BatchNormKernels kernels;
     private final int n;
@@ -63,16 +61,16 @@ public final class BatchNormEngine {
     private final long units;
     private final int chunks;
     /**
-     * NCHW only: 0 for a statistics pass and a transform pass over the whole tensor in memory
-     * order; else the number of channels of a block, and each block runs its statistics and then
-     * its transform while its slice of x (and dy) is still in the caches: per image the block's
-     * planes are one contiguous run. Same bits either way (same chunks, same order per channel).
-     * Measured on a 2-core Zen 4 (1 MiB L2, 32 MiB L3, one thread): one channel at a time wins
-     * for large planes (112x112) in tensors beyond the L3 (50x64x112x112 training, interleaved
-     * in one JVM: 18.5-18.8 vs 19.1-21.2 ms; backward equal); blocks of 4 or 8 MB (JMH) were
-     * no better than the passes on 50x64x56x56, 50x256x56x56, 50x512x28x28 and 50x1024x14x14
-     * (training 5-25 % slower, backward from 25 % faster to 35 % slower), where the passes'
-     * second read partly hits the L3.
+     * NCHW only: the channels of a block, or 0 for two passes. A block runs its reduction and then
+     * its transform while its slice of x (and dy) is still in the caches, so x is read once from
+     * memory; blocks are the parallel tasks. A block's slices of x and y (or x and dy) fill at
+     * most half the L2, and there is at least one block per thread. Where one channel's slices
+     * exceed that, a channel still walks well when its planes are long (half the L1 or more: the
+     * slice then comes back from the L3); shorter planes take two passes in memory order instead,
+     * the statistics chunk by chunk and then the transform, since a channel's walk over short
+     * planes far apart is a pattern the prefetchers follow poorly. Only the walk depends on it:
+     * each channel's lanes add the same values in the same order for any block, or a plane at a
+     * time.
      */
     private final int channelBlock;
 
@@ -82,8 +80,8 @@ public final class BatchNormEngine {
     }
 
     /**
-     * Tests: {@code blockOverride} forces the NCHW strategy: 0 two passes, else channels per
-     * block (null: chosen by size).
+     * Tests: {@code blockOverride} forces the channels per NCHW block, 0 for two passes (null:
+     * from the cache sizes).
      */
     BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon, int parallelism,
                     ExecutorService executor, Integer blockOverride) {
@@ -105,11 +103,15 @@ public final class BatchNormEngine {
         long wanted = Math.ceilDiv(shape.elements(), CHUNK_ELEMENTS);
         this.chunks = (int) Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
         int block = 0;
-        if (nchw && blockOverride != null) {
-            block = Math.min(blockOverride, channels);
-        } else if (nchw && 4 * spatial >= BLOCKED_MIN_PLANE_BYTES
-                && 4 * shape.elements() > BLOCKED_MIN_TENSOR_BYTES) {
-            block = 1;
+        if (nchw) {
+            CacheSizes caches = CacheSizes.machine();
+            long sliceBytes = 8L * n * spatial;          // a channel of x and of y (or dy)
+            long fits = Math.min(channels, caches.l2() / 2 / sliceBytes);
+            if (fits == 0 && 4 * spatial >= caches.l1() / 2) {
+                fits = 1;
+            }
+            block = blockOverride != null ? Math.min(blockOverride, channels)
+                    : (int) Math.min(fits, Math.ceilDiv(channels, this.workers.parallelism()));
         }
         this.channelBlock = block;
     }
@@ -135,8 +137,6 @@ public final class BatchNormEngine {
             w.mean = mean;
             w.variance = variance;
             if (channelBlock > 0) {
-                w.clear(w.s1[0]);
-                w.clear(w.s2[0]);
                 workers.run(Math.ceilDiv(channels, channelBlock), w, trainingBlock);
                 return;
             }
@@ -160,19 +160,57 @@ public final class BatchNormEngine {
      */
     private final ObjIntConsumer<Scratch> trainingBlock = this::trainingBlock;
     private final ObjIntConsumer<Scratch> backwardBlock = this::backwardBlock;
-    private final ObjIntConsumer<Scratch> planeMoments = this::planeMoments;
     private final ObjIntConsumer<Scratch> rowMoments = this::rowMoments;
+    private final ObjIntConsumer<Scratch> planeMoments = this::planeMoments;
+    private final ObjIntConsumer<Scratch> planeGradientSums = this::planeGradientSums;
+    private final ObjIntConsumer<Scratch> planeGradientInput = this::planeGradientInput;
     private final ObjIntConsumer<Scratch> planeNormalize = this::planeNormalize;
     private final ObjIntConsumer<Scratch> rowNormalize = this::rowNormalize;
-    private final ObjIntConsumer<Scratch> planeGradientSums = this::planeGradientSums;
     private final ObjIntConsumer<Scratch> rowGradientSums = this::rowGradientSums;
-    private final ObjIntConsumer<Scratch> planeGradientInput = this::planeGradientInput;
     private final ObjIntConsumer<Scratch> rowGradientInput = this::rowGradientInput;
 
-    /** Statistics of chunk k: images [start(k), start(k + 1)). */
+    /** NCHW statistics of chunk k in memory order, a plane at a time (see {@link #channelBlock}). */
     private void planeMoments(Scratch w, int k) {
-        kernels.planesMoments(w.x, channels, spatial, (int) start(k) * channels,
-                (int) start(k + 1) * channels, w.shift, w.s1[k], w.s2[k]);
+        double[] lanes = w.lanes[k];
+        for (long img = start(k); img < start(k + 1); img++) {
+            for (int c = 0; c < channels; c++) {
+                kernels.channelMoments(w.x, planeOffset(img, c), 0, 1, spatial, w.shift[c], lanes,
+                        null, null, c);
+            }
+        }
+        finishLanes(lanes, 0, channels, w.s1[k], w.s2[k]);
+    }
+
+    /** NCHW gradient sums of chunk k in memory order, as {@link #planeMoments}. */
+    private void planeGradientSums(Scratch w, int k) {
+        double[] lanes = w.lanes[k];
+        for (long img = start(k); img < start(k + 1); img++) {
+            for (int c = 0; c < channels; c++) {
+                kernels.channelGradientSums(w.x, w.dy, planeOffset(img, c), 0, 1, spatial,
+                        w.meanD[c], lanes, null, null, c);
+            }
+        }
+        finishLanes(lanes, 0, channels, w.s1[k], w.s2[k]);
+    }
+
+    /** NCHW dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
+    private void planeGradientInput(Scratch w, int t) {
+        int tasks = planeTasks();
+        kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, planeBoundary(t, tasks),
+                planeBoundary(t + 1, tasks), w.mu, w.scale, w.offset, w.b);
+    }
+
+    /**
+     * Channels [c0, c1) of a lanes array: each channel's two quantities combined by the lane
+     * tree (see {@link BatchNormKernels}) into s1[c] and s2[c]; the lanes zeroed for the next run.
+     */
+    private static void finishLanes(double[] lanes, int c0, int c1, double[] s1, double[] s2) {
+        for (int c = c0; c < c1; c++) {
+            int at = c * LANE_SLOTS, tail = at + 2 * BatchNormKernels.VIRTUAL_LANES;
+            s1[c] = LaneTree.combine(lanes, at, lanes[tail]);
+            s2[c] = LaneTree.combine(lanes, at + BatchNormKernels.VIRTUAL_LANES, lanes[tail + 1]);
+        }
+        java.util.Arrays.fill(lanes, c0 * LANE_SLOTS, c1 * LANE_SLOTS, 0.0);
     }
 
     /** Statistics of chunk k: rows [start(k), start(k + 1)). */
@@ -195,23 +233,12 @@ public final class BatchNormEngine {
                 channels, w.tMu, w.tScale, w.tOffset);
     }
 
-    private void planeGradientSums(Scratch w, int k) {
-        kernels.planesGradientSums(w.x, w.dy, channels, spatial, (int) start(k) * channels,
-                (int) start(k + 1) * channels, w.meanD, w.s1[k], w.s2[k]);
-    }
-
     private void rowGradientSums(Scratch w, int k) {
         kernels.rowGradientSums(w.x, w.dy, channels, start(k), start(k + 1), 0, channels, w.meanD,
                 w.s1[k], w.s2[k]);
     }
 
-    /** dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
-    private void planeGradientInput(Scratch w, int t) {
-        int tasks = planeTasks();
-        kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, planeBoundary(t, tasks),
-                planeBoundary(t + 1, tasks), w.mu, w.scale, w.offset, w.b);
-    }
-
+    /** NHWC dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
     private void rowGradientInput(Scratch w, int t) {
         int tasks = rowTasks();
         kernels.rowGradientInput(w.x, w.dy, w.dx, channels, m * t / tasks, m * (t + 1) / tasks, 0,
@@ -221,17 +248,13 @@ public final class BatchNormEngine {
     /** NCHW channel block {@code blk}: its statistics, then its transform (see {@link #channelBlock}). */
     private void trainingBlock(Scratch w, int blk) {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-        double[] s1 = w.s1[0], s2 = w.s2[0], shift = w.shift;
         for (int k = 0; k < chunks; k++) {
-            for (int img = (int) start(k); img < start(k + 1); img++) {
-                kernels.planesMoments(w.x, channels, spatial, img * channels + c0,
-                        img * channels + c1, shift, s1, s2);
-            }
-            w.moments.mergeShiftedSums(c0, c1, (start(k + 1) - start(k)) * spatial, shift, s1, s2);
+            int images = (int) (start(k + 1) - start(k));
             for (int c = c0; c < c1; c++) {
-                s1[c] = 0;
-                s2[c] = 0;
+                kernels.channelMoments(w.x, planeOffset(start(k), c), imageBytes(), images, spatial,
+                        w.shift[c], null, w.s1[k], w.s2[k], c);
             }
+            w.moments.mergeShiftedSums(c0, c1, images * spatial, w.shift, w.s1[k], w.s2[k]);
         }
         int far = 0;
         for (int c = c0; c < c1; c++) {
@@ -250,17 +273,10 @@ public final class BatchNormEngine {
     private void statistics(Scratch w) {
         // Chunks in memory order, every channel of a chunk in one pass (plane after plane, or
         // row after row); partial sums per chunk and channel, merged in chunk order.
-        double[][] s1 = w.s1, s2 = w.s2;
-        if (nchw) {
-            for (int k = 0; k < chunks; k++) {
-                w.clear(s1[k]);
-                w.clear(s2[k]);
-            }
-        }
         workers.run(chunks, w, nchw ? planeMoments : rowMoments);
         for (int k = 0; k < chunks; k++) {
             long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
-            w.moments.mergeShiftedSums(0, channels, values, w.shift, s1[k], s2[k]);
+            w.moments.mergeShiftedSums(0, channels, values, w.shift, w.s1[k], w.s2[k]);
         }
     }
 
@@ -386,9 +402,9 @@ public final class BatchNormEngine {
         w.dx = dx;
         w.dgamma = dgamma;
         w.dbeta = dbeta;
-        if (channelBlock > 0 && !frozen) {
-            w.clear(w.s1[0]);
-            w.clear(w.s2[0]);
+        if (channelBlock > 0) {
+            w.frozen = frozen;
+            w.sums = sums;
             workers.run(Math.ceilDiv(channels, channelBlock), w, backwardBlock);
             return;
         }
@@ -413,33 +429,41 @@ public final class BatchNormEngine {
         }
     }
 
-    /** NCHW channel block {@code blk}: its gradient sums, then its dx (see {@link #channelBlock}). */
+    /**
+     * NCHW channel block {@code blk}: its gradient sums (when wanted), then its dx (see
+     * {@link #channelBlock}); with frozen statistics dx = fma(dy - 0, a, 0) = round(a dy).
+     */
     private void backwardBlock(Scratch w, int blk) {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
-        double[] s1 = w.s1[0], s2 = w.s2[0], sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
-        for (int k = 0; k < chunks; k++) {
-            for (int img = (int) start(k); img < start(k + 1); img++) {
-                kernels.planesGradientSums(w.x, w.dy, channels, spatial, img * channels + c0,
-                        img * channels + c1, w.meanD, s1, s2);
-            }
+        double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
+        for (int k = 0; w.sums && k < chunks; k++) {
+            int images = (int) (start(k + 1) - start(k));
+            double[] s1 = w.s1[k], s2 = w.s2[k];
             for (int c = c0; c < c1; c++) {
+                kernels.channelGradientSums(w.x, w.dy, planeOffset(start(k), c), imageBytes(),
+                        images, spatial, w.meanD[c], null, s1, s2, c);
                 sumDy[c] += s1[c];
                 sumDyXmu[c] += s2[c];
-                s1[c] = 0;
-                s2[c] = 0;
             }
         }
+        boolean withMean = !w.frozen;
         int suspects = 0;
         for (int c = c0; c < c1; c++) {
-            suspects += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], true);
+            suspects += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], withMean);
         }
-        int far = suspects == 0 ? 0 : farGradients(w, c0, c1, true);
+        int far = suspects == 0 ? 0 : farGradients(w, c0, c1, withMean);
         for (int img = 0; img < n; img++) {
-            kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, img * channels + c0,
-                    img * channels + c1, w.mu, w.scale, w.offset, w.b);
+            int p0 = img * channels + c0, p1 = img * channels + c1;
+            if (withMean) {
+                kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, p0, p1, w.mu,
+                        w.scale, w.offset, w.b);
+            } else {
+                kernels.planesNormalize(w.dy, w.dx, channels, spatial, p0, p1, w.zero, w.scale,
+                        w.zero);
+            }
         }
         if (far > 0) {
-            finishFar(w, w.x, w.dx, c0, c1);
+            finishFar(w, withMean ? w.x : null, w.dx, c0, c1);
         }
     }
 
@@ -574,12 +598,6 @@ public final class BatchNormEngine {
     private void gradientSums(Scratch w) {
         double[][] s1 = w.s1, s2 = w.s2;
         double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
-        if (nchw) {
-            for (int k = 0; k < chunks; k++) {
-                w.clear(s1[k]);
-                w.clear(s2[k]);
-            }
-        }
         workers.run(chunks, w, nchw ? planeGradientSums : rowGradientSums);
         for (int k = 0; k < chunks; k++) {
             for (int c = 0; c < channels; c++) {
@@ -608,6 +626,16 @@ public final class BatchNormEngine {
     /** The channel's first value: the shift of its shifted sums (see {@link ChannelMoments}). */
     private float shiftOf(MemorySegment x, int c) {
         return x.getAtIndex(F32, nchw ? (long) c * spatial : c);
+    }
+
+    /** NCHW: the byte offset of channel c's plane in image {@code img}. */
+    private long planeOffset(long img, int c) {
+        return 4 * (img * channels + c) * spatial;
+    }
+
+    /** NCHW: the bytes from one image to the next. */
+    private long imageBytes() {
+        return 4L * channels * spatial;
     }
 
     /** The first image (NCHW) or row (NHWC) of chunk k; k = chunks gives the end. */
@@ -648,7 +676,10 @@ public final class BatchNormEngine {
     private final ThreadLocal<Scratch> scratch = ThreadLocal.withInitial(this::newScratch);
 
     private Scratch newScratch() {
-        return new Scratch(channels, chunks);
+        // NCHW two passes: lanes in an array per chunk (chunks run in parallel); blocks keep
+        // theirs in registers.
+        int laneArrays = nchw && channelBlock == 0 ? chunks : 0;
+        return new Scratch(channels, chunks, laneArrays);
     }
 
     private Scratch acquire() {
@@ -667,6 +698,8 @@ public final class BatchNormEngine {
 
     private static final class Scratch {
         boolean busy;
+        /** The backward in progress: with frozen statistics; with dgamma or dbeta wanted. */
+        boolean frozen, sums;
         final float[] g, b, mu, var, scale, offset;
         /** Far channels (see {@link #FAR_MEAN}) and their double coefficients. */
         final boolean[] far;
@@ -675,6 +708,8 @@ public final class BatchNormEngine {
         final float[] zero;
         final double[] shift, meanD, sumDy, sumDyXmu;
         final double[][] s1, s2;
+        /** NCHW: the lanes of the reductions in progress (see {@link BatchNormKernels}). */
+        final double[][] lanes;
         final ChannelMoments moments;
         /**
          * The call in progress, for the tasks: its segments (dropped when it ends, so that the
@@ -684,7 +719,7 @@ public final class BatchNormEngine {
         MemorySegment x, y, dy, dx, mean, variance, dgamma, dbeta, in, out;
         float[] tMu, tScale, tOffset;
 
-        Scratch(int channels, int chunks) {
+        Scratch(int channels, int chunks, int laneArrays) {
             g = new float[channels];
             b = new float[channels];
             mu = new float[channels];
@@ -703,6 +738,7 @@ public final class BatchNormEngine {
             sumDyXmu = new double[channels];
             s1 = new double[chunks][channels];
             s2 = new double[chunks][channels];
+            lanes = new double[laneArrays][channels * LANE_SLOTS];
             moments = new ChannelMoments(channels);
         }
 

@@ -9,15 +9,17 @@ import java.lang.foreign.MemorySegment;
  *
  * <p><b>Bitwise contract.</b> Every implementation produces the same bits for the same call:
  * <ul>
- *   <li>NCHW reductions reduce each plane on its own: the element at index
- *       {@code s < spatial - spatial % 16} goes to virtual lane {@code s % 32} of
- *       {@link #VIRTUAL_LANES} = 32; the rest (fewer than 16, the plane's tail) goes to one tail
- *       accumulator; each lane and the tail start at 0 and add in element order, in double. The
- *       lanes are combined by the tree in {@link LaneTree#combine}, then the tail is added. A
- *       call adds its planes' results to the caller's per-channel accumulators, in plane order.
- *       (32 lanes give four independent chains of
- *       additions per quantity at 512 bits, which the latency of double adds needs; a half row
- *       of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
+ *   <li>An NCHW reduction reduces one channel over a run of its planes (the images of a chunk):
+ *       the element at index {@code s < spatial - spatial % 16} of each plane goes to virtual
+ *       lane {@code s % 32} of {@link #VIRTUAL_LANES} = 32, the rest (the plane's tail, fewer
+ *       than 16) to one tail accumulator; the lanes and the tail start at 0 for the run and add
+ *       in plane order, then element order, in double. At the end of the run the lanes are
+ *       combined by the tree in {@link LaneTree#combine}, then the tail is added. The lanes
+ *       continue across planes, so a small plane pays no tree of its own; they live in an
+ *       array between calls, so a run can be walked a plane at a time in memory order or all
+ *       at once, with the same bits. (32 lanes give four
+ *       independent chains of additions per quantity at 512 bits, which the latency of double
+ *       adds needs; a half row of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
  *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
  *   <li>Element-wise transforms use the same fused multiply-adds in every implementation.</li>
  * </ul>
@@ -35,25 +37,38 @@ public interface BatchNormKernels {
     /** Human-readable name, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
     String description();
 
-    // ---- NCHW in memory order: planes [p0, p1) of the tensor, plane p is channel p % channels ----
+    // ---- NCHW: reductions over one channel's planes; transforms over planes [p0, p1) in memory
+    //      order, plane p being channel p % channels ----
 
     /**
-     * Adds each plane's shifted sums to its channel's accumulators, planes in order:
-     * {@code s1[c] += sum(x - shift[c])}, {@code s2[c] += sum((x - shift[c])^2)}.
+     * Doubles per channel in a lanes array: the 32 lanes of each of the two quantities, then
+     * their two tail accumulators.
      */
-    void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
-                       double[] shift, double[] s1, double[] s2);
+    int LANE_SLOTS = 2 * VIRTUAL_LANES + 2;
+
+    /**
+     * One channel's shifted sums over {@code planes} planes of {@code spatial} floats at byte
+     * offsets {@code base + i * stride}, in the order of the contract above: {@code x - shift}
+     * to the first 32 lanes and the first tail, {@code (x - shift)^2} to the other ones. With
+     * {@code lanes} null the run starts from zero lanes and ends with the tree:
+     * {@code s1[c] = sum(x - shift)}, {@code s2[c] = sum((x - shift)^2)}. Otherwise the run adds
+     * to the lanes in {@code lanes[c * LANE_SLOTS, (c + 1) * LANE_SLOTS)}, for a walk that visits
+     * a channel's planes in several calls ({@link LaneTree} finishes them), and s1, s2 are unused.
+     */
+    void channelMoments(MemorySegment x, long base, long stride, int planes, long spatial,
+                        double shift, double[] lanes, double[] s1, double[] s2, int c);
 
     /** {@code y = fma(x - mean[c], scale[c], offset[c])} over planes [p0, p1). */
     void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial, int p0,
                          int p1, float[] mean, float[] scale, float[] offset);
 
     /**
-     * Adds each plane's gradient sums to its channel's accumulators, planes in order:
-     * {@code sumDy[c] += sum(dy)}, {@code sumDyXmu[c] += sum((x - mean[c]) * dy)}.
+     * The gradient sums' counterpart of {@link #channelMoments}: {@code dy} to the first lanes
+     * and tail ({@code sumDy[c]}), {@code (x - mean) * dy} to the second ({@code sumDyXmu[c]}).
      */
-    void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial, int p0,
-                            int p1, double[] mean, double[] sumDy, double[] sumDyXmu);
+    void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
+                             int planes, long spatial, double mean, double[] lanes, double[] sumDy,
+                             double[] sumDyXmu, int c);
 
     /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over planes [p0, p1). */
     void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,

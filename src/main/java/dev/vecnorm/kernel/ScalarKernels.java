@@ -13,54 +13,45 @@ public final class ScalarKernels implements BatchNormKernels {
     /** Native byte order, any alignment: heap and sliced segments need not be 4-byte aligned. */
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final int LANES = VIRTUAL_LANES;
+    /**
+     * Each thread's lanes for a run that a call finishes itself, so that a call allocates
+     * nothing (these loops call nothing that takes it again).
+     */
+    private static final ThreadLocal<double[]> RUN = ThreadLocal.withInitial(() -> new double[LANE_SLOTS]);
 
     @Override
     public String description() {
         return "scalar";
     }
 
-    /** Scratch of the per-plane reductions: [0, 2) results, [2, 34) and [34, 66) the lanes. */
-    private static final int SCRATCH = 2 + 2 * LANES;
-
-    /**
-     * Each thread's scratch for the per-plane reductions, here and in the vector kernels' any-width
-     * loops, so that a call allocates nothing. Those loops call nothing that takes it again, so one
-     * per thread is enough.
-     */
-    static final ThreadLocal<double[]> PLANE_SCRATCH = ThreadLocal.withInitial(() -> new double[SCRATCH]);
-
     @Override
-    public void planesMoments(MemorySegment x, int channels, long spatial, int p0, int p1,
-                              double[] shift, double[] s1, double[] s2) {
-        double[] t = PLANE_SCRATCH.get();
-        for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeMoments(x, 4L * p * spatial, spatial, shift[c], t);
-            s1[c] += t[0];
-            s2[c] += t[1];
-            if (++c == channels) {
-                c = 0;
+    public void channelMoments(MemorySegment x, long base, long stride, int planes, long spatial,
+                               double shift, double[] lanes, double[] s1, double[] s2, int c) {
+        boolean finish = lanes == null;
+        int at = finish ? 0 : c * LANE_SLOTS;
+        if (finish) {
+            lanes = RUN.get();
+            java.util.Arrays.fill(lanes, 0.0);
+        }
+        long body = spatial - spatial % TAIL_GRANULE;
+        int tail = at + 2 * LANES;
+        for (int p = 0; p < planes; p++, base += stride) {
+            for (long s = 0; s < body; s++) {
+                double d = (double) x.get(F32, base + 4 * s) - shift;
+                int lane = at + (int) (s % LANES);
+                lanes[lane] += d;
+                lanes[LANES + lane] = Math.fma(d, d, lanes[LANES + lane]);
+            }
+            for (long s = body; s < spatial; s++) {
+                double d = (double) x.get(F32, base + 4 * s) - shift;
+                lanes[tail] += d;
+                lanes[tail + 1] = Math.fma(d, d, lanes[tail + 1]);
             }
         }
-    }
-
-    /** One plane's shifted sums into t[0] (sum d) and t[1] (sum d^2); t[2, 66) are the lanes. */
-    private static void planeMoments(MemorySegment x, long base, long spatial, double k, double[] t) {
-        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
-        long body = spatial - spatial % TAIL_GRANULE;
-        for (long s = 0; s < body; s++) {
-            double d = (double) x.get(F32, base + 4 * s) - k;
-            int lane = 2 + (int) (s % LANES);
-            t[lane] += d;
-            t[LANES + lane] = Math.fma(d, d, t[LANES + lane]);
+        if (finish) {
+            s1[c] = LaneTree.combine(lanes, 0, lanes[tail]);
+            s2[c] = LaneTree.combine(lanes, LANES, lanes[tail + 1]);
         }
-        double t1 = 0, t2 = 0;
-        for (long s = body; s < spatial; s++) {
-            double d = (double) x.get(F32, base + 4 * s) - k;
-            t1 += d;
-            t2 = Math.fma(d, d, t2);
-        }
-        t[0] = LaneTree.combine(t, 2, t1);
-        t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
     private static void planeNormalize(MemorySegment x, MemorySegment y, long base, long spatial,
@@ -83,43 +74,38 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void planesGradientSums(MemorySegment x, MemorySegment dy, int channels, long spatial,
-                                   int p0, int p1, double[] mean, double[] sumDy,
-                                   double[] sumDyXmu) {
-        double[] t = PLANE_SCRATCH.get();
-        for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeGradientSums(x, dy, 4L * p * spatial, spatial, mean[c], t);
-            sumDy[c] += t[0];
-            sumDyXmu[c] += t[1];
-            if (++c == channels) {
-                c = 0;
+    public void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
+                                    int planes, long spatial, double mean, double[] lanes,
+                                    double[] sumDy, double[] sumDyXmu, int c) {
+        boolean finish = lanes == null;
+        int at = finish ? 0 : c * LANE_SLOTS;
+        if (finish) {
+            lanes = RUN.get();
+            java.util.Arrays.fill(lanes, 0.0);
+        }
+        long body = spatial - spatial % TAIL_GRANULE;
+        int tail = at + 2 * LANES;
+        for (int p = 0; p < planes; p++, base += stride) {
+            for (long s = 0; s < body; s++) {
+                long o = base + 4 * s;
+                double g = dy.get(F32, o);
+                double d = (double) x.get(F32, o) - mean;
+                int lane = at + (int) (s % LANES);
+                lanes[lane] += g;
+                lanes[LANES + lane] = Math.fma(d, g, lanes[LANES + lane]);
+            }
+            for (long s = body; s < spatial; s++) {
+                long o = base + 4 * s;
+                double g = dy.get(F32, o);
+                double d = (double) x.get(F32, o) - mean;
+                lanes[tail] += g;
+                lanes[tail + 1] = Math.fma(d, g, lanes[tail + 1]);
             }
         }
-    }
-
-    /** One plane's sum(dy) into t[0] and sum((x - m) dy) into t[1]; t[2, 66) are the lanes. */
-    private static void planeGradientSums(MemorySegment x, MemorySegment dy, long base,
-                                          long spatial, double m, double[] t) {
-        java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
-        long body = spatial - spatial % TAIL_GRANULE;
-        for (long s = 0; s < body; s++) {
-            long at = base + 4 * s;
-            double g = dy.get(F32, at);
-            double d = (double) x.get(F32, at) - m;
-            int lane = 2 + (int) (s % LANES);
-            t[lane] += g;
-            t[LANES + lane] = Math.fma(d, g, t[LANES + lane]);
+        if (finish) {
+            sumDy[c] = LaneTree.combine(lanes, 0, lanes[tail]);
+            sumDyXmu[c] = LaneTree.combine(lanes, LANES, lanes[tail + 1]);
         }
-        double t1 = 0, t2 = 0;
-        for (long s = body; s < spatial; s++) {
-            long at = base + 4 * s;
-            double g = dy.get(F32, at);
-            double d = (double) x.get(F32, at) - m;
-            t1 += g;
-            t2 = Math.fma(d, g, t2);
-        }
-        t[0] = LaneTree.combine(t, 2, t1);
-        t[1] = LaneTree.combine(t, 2 + LANES, t2);
     }
 
     private static void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,

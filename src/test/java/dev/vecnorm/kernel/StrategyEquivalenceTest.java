@@ -14,12 +14,12 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The NCHW engine has two strategies, chosen by size (blocks of channels, each reduced and then
- * transformed while cached; or a statistics pass and a transform pass in memory order), each
- * chunked by images for many threads. All must give the same bits; blocks are only chosen for
- * large planes in tensors beyond 32 MiB, so this test forces each, with several block sizes, on
- * small shapes. Channel 1 is a far channel, whose outputs the engine computes in double after
- * the kernels' pass, per block or at the end.
+ * The NCHW engine walks blocks of channels, each reduced and then transformed while cached, or
+ * takes two passes in memory order (a plane at a time); the choice and the block size come from
+ * the cache sizes and the thread count, and must not change a bit. This test forces two passes
+ * and several block sizes, with one and four threads, on small shapes. Channel 1 is a far
+ * channel, whose outputs the engine computes in double after the kernels' pass, per block or at
+ * the end.
  */
 class StrategyEquivalenceTest {
 
@@ -73,9 +73,11 @@ class StrategyEquivalenceTest {
             MemorySegment dg = arena.allocate(4L * c), db = arena.allocate(4L * c);
             engine.forwardTraining(x, null, null, y, mean, var);
             engine.backward(x, dy, null, mean, var, dx, dg, db, false);
+            MemorySegment fdx = arena.allocate(4 * e), fdg = arena.allocate(4L * c);
+            engine.backward(x, dy, null, mean, var, fdx, fdg, null, true);
             ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
             return new float[][] {y.toArray(f), mean.toArray(f), var.toArray(f), dx.toArray(f),
-                dg.toArray(f), db.toArray(f)};
+                dg.toArray(f), db.toArray(f), fdx.toArray(f), fdg.toArray(f)};
         }
     }
 }
