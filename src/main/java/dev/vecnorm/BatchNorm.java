@@ -328,8 +328,10 @@ public final class BatchNorm {
 
         /**
          * The executor that runs the extra threads' work when {@code parallelism > 1} (default:
-         * the common ForkJoinPool). The caller's thread always runs one share itself. The library
-         * never shuts it down.
+         * the common ForkJoinPool). A call never waits for a free executor thread: the calling
+         * thread runs all work that no executor thread has started (all of it if the executor
+         * refuses work), so a call made on one of the executor's own threads cannot deadlock.
+         * The library never shuts it down.
          *
          * @throws NullPointerException if null
          */

@@ -45,32 +45,71 @@ public record TensorShape(int batch, int channels, long spatial, Layout layout) 
         }
     }
 
-    /** An N x C x H x W tensor in channels-first layout. */
+    /**
+     * An N x C x H x W tensor in channels-first layout.
+     *
+     * @param n the batch size N
+     * @param c the channels C
+     * @param h the height H
+     * @param w the width W
+     * @return the shape, with {@code spatial = h * w}
+     * @throws IllegalArgumentException if a dimension is below 1 or the element count overflows
+     */
     public static TensorShape nchw(int n, int c, int h, int w) {
         return new TensorShape(n, c, spatialOf(h, w), Layout.NCHW);
     }
 
-    /** An N x C x H x W tensor in channels-last layout (memory order N, H, W, C). */
+    /**
+     * An N x C x H x W tensor in channels-last layout (memory order N, H, W, C).
+     *
+     * @param n the batch size N
+     * @param c the channels C
+     * @param h the height H
+     * @param w the width W
+     * @return the shape, with {@code spatial = h * w}
+     * @throws IllegalArgumentException if a dimension is below 1 or the element count overflows
+     */
     public static TensorShape nhwc(int n, int c, int h, int w) {
         return new TensorShape(n, c, spatialOf(h, w), Layout.NHWC);
     }
 
-    /** A 2-D input [N, C] (a fully connected layer's output): spatial = 1; both layouts coincide. */
+    /**
+     * A 2-D input [N, C] (a fully connected layer's output): spatial = 1; both layouts coincide.
+     *
+     * @param n the batch size N
+     * @param c the channels C (features)
+     * @return the shape, in layout NCHW
+     * @throws IllegalArgumentException if a dimension is below 1 or the element count overflows
+     */
     public static TensorShape nc(int n, int c) {
         return new TensorShape(n, c, 1, Layout.NCHW);
     }
 
-    /** The same dimensions in another layout. */
+    /**
+     * The same dimensions in another layout.
+     *
+     * @param other the layout of the new shape
+     * @return a shape with this one's batch, channels and spatial size
+     * @throws NullPointerException if {@code other} is null
+     */
     public TensorShape withLayout(Layout other) {
         return new TensorShape(batch, channels, spatial, other);
     }
 
-    /** Number of floats in the tensor: {@code batch * channels * spatial}. */
+    /**
+     * Number of floats in the tensor.
+     *
+     * @return {@code batch * channels * spatial}
+     */
     public long elements() {
         return (long) batch * channels * spatial;
     }
 
-    /** Number of values each channel's statistics reduce over: M = {@code batch * spatial}. */
+    /**
+     * Number of values each channel's statistics reduce over.
+     *
+     * @return M = {@code batch * spatial}
+     */
     public long perChannel() {
         return (long) batch * spatial;
     }
