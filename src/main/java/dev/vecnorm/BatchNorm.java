@@ -4,7 +4,6 @@ import dev.vecnorm.kernel.BatchNormEngine;
 import dev.vecnorm.kernel.BatchNormKernels;
 import dev.vecnorm.kernel.KernelProvider;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.Objects;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.ForkJoinPool;
@@ -46,11 +45,10 @@ import java.util.concurrent.ForkJoinPool;
  */
 public final class BatchNorm {
 
-    private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
-
     private final TensorShape shape;
     private final float epsilon;
     private final float momentum;
+    private final RunningStatistics runningStatistics;
     private final int parallelism;
     private final BatchNormEngine engine;
     private final BatchNormEngine serial;
@@ -58,7 +56,8 @@ public final class BatchNorm {
     private BatchNorm(Builder b) {
         this.shape = b.shape;
         this.epsilon = b.epsilon;
-        this.momentum = b.momentum;
+        this.runningStatistics = b.runningStatistics;
+        this.momentum = b.momentumOrDefault();
         this.parallelism = b.parallelism;
         BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
         ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
@@ -67,7 +66,10 @@ public final class BatchNorm {
                 : new BatchNormEngine(kernels, shape, epsilon, parallelism, executor);
     }
 
-    /** A builder for {@code shape}: epsilon 1e-5, momentum 0.1, parallelism 1. */
+    /**
+     * A builder for {@code shape}: epsilon 1e-5, running statistics {@link RunningStatistics#PYTORCH}
+     * with momentum 0.1, parallelism 1.
+     */
     public static Builder builder(TensorShape shape) {
         return new Builder(Objects.requireNonNull(shape, "shape: expected a TensorShape, got null"));
     }
@@ -82,9 +84,18 @@ public final class BatchNorm {
         return epsilon;
     }
 
-    /** The weight of the batch statistics in {@link #updateRunningStatistics}. */
+    /**
+     * The momentum of {@link #updateRunningStatistics}, in the convention of
+     * {@link #runningStatistics()}: the weight of the batch value for PyTorch, of the old running
+     * value for ONNX, Keras and DJL; NaN for {@link RunningStatistics#CUMULATIVE_AVERAGE}.
+     */
     public float momentum() {
         return momentum;
+    }
+
+    /** The rule {@link #updateRunningStatistics} follows (default {@link RunningStatistics#PYTORCH}). */
+    public RunningStatistics runningStatistics() {
+        return runningStatistics;
     }
 
     /** The number of threads a call may use (1: the calling thread only). */
@@ -220,22 +231,57 @@ public final class BatchNorm {
     }
 
     /**
-     * PyTorch's running-statistics update, in place on {@code runningMean} and
-     * {@code runningVariance}:
+     * The running-statistics update of {@link #runningStatistics()}, in place on
+     * {@code runningMean} and {@code runningVariance}, with {@code m} = {@link #momentum()},
+     * {@code variance} the biased batch variance that {@link #forwardTraining} wrote and
+     * M = {@code shape.perChannel()}:
      * <pre>
-     *   runningMean     = (1 - momentum) * runningMean     + momentum * mean
-     *   runningVariance = (1 - momentum) * runningVariance + momentum * variance * M / (M - 1)
+     *   PYTORCH           runningMean     = (1 - m) * runningMean     + m * mean
+     *                     runningVariance = (1 - m) * runningVariance + m * variance * M / (M - 1)
+     *   ONNX, KERAS, DJL  runningMean     = m * runningMean     + (1 - m) * mean
+     *                     runningVariance = m * runningVariance + (1 - m) * variance
      * </pre>
-     * where {@code variance} is the biased batch variance that {@link #forwardTraining} wrote, so
-     * the running variance tracks the unbiased estimate. Computed in double, rounded once.
+     * Computed in double, rounded once. {@link RunningStatistics#CUMULATIVE_AVERAGE} needs the
+     * batch count: use the overload that takes {@code numBatchesTracked}.
      *
      * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps
      *                                  another argument, or M = 1
      * @throws NullPointerException     if any argument is null
+     * @throws IllegalStateException    if the rule is {@link RunningStatistics#CUMULATIVE_AVERAGE}
      */
     public void updateRunningStatistics(MemorySegment mean, MemorySegment variance,
                                         MemorySegment runningMean, MemorySegment runningVariance) {
+        if (runningStatistics == RunningStatistics.CUMULATIVE_AVERAGE) {
+            throw new IllegalStateException("updateRunningStatistics: the CUMULATIVE_AVERAGE rule"
+                    + " averages over the batch count; call the overload that takes numBatchesTracked");
+        }
+        updateRunningStatistics(mean, variance, runningMean, runningVariance, 1);
+    }
+
+    /**
+     * {@link #updateRunningStatistics(MemorySegment, MemorySegment, MemorySegment, MemorySegment)}
+     * for every rule, cumulative included: {@code numBatchesTracked} = n is PyTorch's
+     * {@code num_batches_tracked} after counting this batch (1 for the first), and
+     * {@link RunningStatistics#CUMULATIVE_AVERAGE} computes
+     * <pre>
+     *   runningMean     = (1 - 1/n) * runningMean     + (1/n) * mean
+     *   runningVariance = (1 - 1/n) * runningVariance + (1/n) * variance * M / (M - 1)
+     * </pre>
+     * i.e. {@code running += (batch - running) / n}, in double, rounded once. The momentum rules
+     * ignore n (PyTorch also counts batches when it has a momentum).
+     *
+     * @throws IllegalArgumentException if {@code numBatchesTracked < 1}, a size is wrong, an output
+     *                                  is read-only or overlaps another argument, or M = 1
+     * @throws NullPointerException     if a segment is null
+     */
+    public void updateRunningStatistics(MemorySegment mean, MemorySegment variance,
+                                        MemorySegment runningMean, MemorySegment runningVariance,
+                                        long numBatchesTracked) {
         requireBatchOfMany("updateRunningStatistics");
+        if (numBatchesTracked < 1) {
+            throw new IllegalArgumentException("numBatchesTracked: expected >= 1 (the batches seen,"
+                    + " this one included), got " + numBatchesTracked);
+        }
         int c = shape.channels();
         Arguments.start()
                 .input("mean", mean, c, "the batch mean per channel", false)
@@ -243,16 +289,8 @@ public final class BatchNorm {
                 .output("runningMean", runningMean, c, "one running mean per channel", false)
                 .output("runningVariance", runningVariance, c, "one running variance per channel", false)
                 .finish(null, null);
-        long m = shape.perChannel();
-        double unbias = (double) m / (m - 1);
-        double keep = 1.0 - momentum;
-        for (int i = 0; i < c; i++) {
-            double rm = keep * runningMean.getAtIndex(F32, i) + momentum * (double) mean.getAtIndex(F32, i);
-            double rv = keep * runningVariance.getAtIndex(F32, i)
-                    + momentum * (variance.getAtIndex(F32, i) * unbias);
-            runningMean.setAtIndex(F32, i, (float) rm);
-            runningVariance.setAtIndex(F32, i, (float) rv);
-        }
+        runningStatistics.update(momentum, shape.perChannel(), numBatchesTracked, c, mean, variance,
+                runningMean, runningVariance);
     }
 
     private void requireBatchOfMany(String call) {
@@ -276,7 +314,8 @@ public final class BatchNorm {
     public static final class Builder {
         private final TensorShape shape;
         private float epsilon = 1e-5f;
-        private float momentum = 0.1f;
+        private float momentum = Float.NaN;          // NaN: the rule's default
+        private RunningStatistics runningStatistics = RunningStatistics.PYTORCH;
         private int parallelism = 1;
         private ExecutorService executor;
         private BatchNormKernels kernels;
@@ -299,7 +338,10 @@ public final class BatchNorm {
         }
 
         /**
-         * The running-statistics momentum (default 0.1, PyTorch's).
+         * The running-statistics momentum, in the convention of the rule
+         * ({@link #runningStatistics}): the weight of the batch value for PyTorch, of the old
+         * running value for ONNX, Keras and DJL. Default: the rule's
+         * {@link RunningStatistics#defaultMomentum()} (0.1 for PyTorch).
          *
          * @throws IllegalArgumentException unless in [0, 1]
          */
@@ -309,6 +351,23 @@ public final class BatchNorm {
             }
             this.momentum = momentum;
             return this;
+        }
+
+        /**
+         * The running-statistics rule of {@link #updateRunningStatistics} (default
+         * {@link RunningStatistics#PYTORCH}). {@link RunningStatistics#CUMULATIVE_AVERAGE} takes no
+         * momentum: {@link #build()} rejects one given with it.
+         *
+         * @throws NullPointerException if null
+         */
+        public Builder runningStatistics(RunningStatistics rule) {
+            this.runningStatistics = Objects.requireNonNull(rule,
+                    "runningStatistics: expected a RunningStatistics rule, got null");
+            return this;
+        }
+
+        private float momentumOrDefault() {
+            return Float.isNaN(momentum) ? runningStatistics.defaultMomentum() : momentum;
         }
 
         /**
@@ -346,8 +405,17 @@ public final class BatchNorm {
             return this;
         }
 
-        /** A new immutable {@link BatchNorm}. */
+        /**
+         * A new immutable {@link BatchNorm}.
+         *
+         * @throws IllegalArgumentException if a momentum was given with
+         *                                  {@link RunningStatistics#CUMULATIVE_AVERAGE}
+         */
         public BatchNorm build() {
+            if (runningStatistics == RunningStatistics.CUMULATIVE_AVERAGE && !Float.isNaN(momentum)) {
+                throw new IllegalArgumentException("momentum: expected none with CUMULATIVE_AVERAGE"
+                        + " (PyTorch's momentum=None), got " + momentum);
+            }
             return new BatchNorm(this);
         }
     }

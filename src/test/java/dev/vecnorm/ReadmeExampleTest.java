@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.Map;
 import org.junit.jupiter.api.Test;
 
 /** The README's API tour, on a smaller shape, with its outputs checked. */
@@ -41,5 +42,46 @@ class ReadmeExampleTest {
             assertTrue(dgamma.getAtIndex(ValueLayout.JAVA_FLOAT, 0) != 0f);
         }
         assertTrue(BatchNorm.kernels().equals("scalar") || BatchNorm.kernels().startsWith("vector "));
+    }
+
+    /**
+     * The README's layer snippet, 8 channels instead of 64: the loaded state is used (eval output
+     * within the inference bound) and the fold wrote w * a, rounded once.
+     */
+    @Test
+    void theLayerTourRuns() {
+        int channels = 8;
+        TensorShape shape = TensorShape.nchw(2, channels, 5, 5);
+        try (Arena arena = Arena.ofConfined();
+             BatchNormLayer bn1 = BatchNormLayer.builder(channels).build()) {
+            MemorySegment gamma = Segments.of(arena, TestData.gaussian(channels, 1, 1));
+            MemorySegment beta = Segments.of(arena, TestData.gaussian(channels, 2, 1));
+            MemorySegment runningMean = Segments.of(arena, TestData.gaussian(channels, 3, 1));
+            MemorySegment runningVar = Segments.of(arena, new float[] {1, 2, 3, 4, 0.5f, 0.25f, 1, 1});
+            MemorySegment count = arena.allocate(8);
+            count.set(ValueLayout.JAVA_LONG, 0, 42L);
+            float[] xs = TestData.gaussian((int) shape.elements(), 4, 2);
+            MemorySegment x = Segments.of(arena, xs), y = arena.allocate(4 * shape.elements());
+            float[] weights = TestData.gaussian(channels * channels * 9, 5, 0.3);
+            MemorySegment convWeight = Segments.of(arena, weights);
+
+            bn1.loadStateDict(Map.of("weight", gamma, "bias", beta, "running_mean", runningMean,
+                    "running_var", runningVar, "num_batches_tracked", count));
+            bn1.eval();
+            bn1.forward(shape, x, y);
+            MemorySegment foldedBias = arena.allocate(4L * channels);
+            bn1.fold(BatchNormFolding.WeightLayout.OUTPUT_CHANNELS_FIRST, convWeight, null, convWeight, foldedBias);
+
+            assertEquals(42L, bn1.numBatchesTracked());
+            float g = gamma.getAtIndex(ValueLayout.JAVA_FLOAT, 7), b = beta.getAtIndex(ValueLayout.JAVA_FLOAT, 7);
+            float m = runningMean.getAtIndex(ValueLayout.JAVA_FLOAT, 7);
+            double a = g / Math.sqrt(1 + (double) 1e-5f);
+            int last = (int) shape.elements() - 1;                  // n 1, channel 7, last position
+            Expect.within("y", y.getAtIndex(ValueLayout.JAVA_FLOAT, last), a * (xs[last] - m) + b,
+                    Bounds.inferenceOutput(a, xs[last] - m, b), "channel 7");
+            int w = 7 * channels * 9;                               // first weight of output channel 7
+            assertEquals((float) (weights[w] * a), convWeight.getAtIndex(ValueLayout.JAVA_FLOAT, w));
+            assertEquals((float) (-m * a + b), foldedBias.getAtIndex(ValueLayout.JAVA_FLOAT, 7));
+        }
     }
 }
