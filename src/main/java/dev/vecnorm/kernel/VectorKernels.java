@@ -882,10 +882,17 @@ final class VectorKernels implements BatchNormKernels {
     // ---- any-width loop here, and NHWC has no register or read-ahead path, so these can be
     // ---- slower than the plain sums on those widths and shapes.
 
+    private static final ScalarKernels SCALAR_MASKED = new ScalarKernels();
+
     @Override
     public void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
                                          int channels, long spatial, int p0, int p1,
                                          double[] mean, double[] sumDy, double[] sumDyXmu) {
+        if (DL == 2) {
+            // See rowGradientSumsMasked: the same allocation at 128 bits, the same remedy.
+            SCALAR_MASKED.planesGradientSumsMasked(x, dy, y, channels, spatial, p0, p1, mean, sumDy, sumDyXmu);
+            return;
+        }
         long first = 4L * p0 * spatial, stride = 4L * spatial;
         int c = p0 % channels;
         if (DL == 8) {
@@ -974,7 +981,7 @@ final class VectorKernels implements BatchNormKernels {
         for (long o = base; o < half; o += 4L * DL) {
             int lane = 2 + (int) ((o - base) / 4 % VIRTUAL_LANES);
             DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
-            g = g.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+            g = g.blend(DoubleVector.zero(DOUBLES), ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
             DoubleVector.fromArray(DOUBLES, t, lane).add(g).intoArray(t, lane);
             ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, t, VIRTUAL_LANES + lane))
                     .intoArray(t, VIRTUAL_LANES + lane);
@@ -994,6 +1001,14 @@ final class VectorKernels implements BatchNormKernels {
     public void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
                                       int channels, long row0, long row1, int c0, int c1,
                                       double[] mean, double[] sumDy, double[] sumDyXmu) {
+        if (DL == 2) {
+            // At 128 bits the masked loops allocated per call (8x64 rows: 70 KB; 2x16x5x7: 140
+            // KB): the 2-lane double compare and blend of the mask are boxed, where the float
+            // ones of the dx pass are not. The scalar loop gives the same bits (each channel adds
+            // its rows in order). MERGE NOTE: 128 bits is the width of NEON, not only of tests.
+            SCALAR_MASKED.rowGradientSumsMasked(x, dy, y, channels, row0, row1, c0, c1, mean, sumDy, sumDyXmu);
+            return;
+        }
         for (int c = c0; c < c1; c++) {
             sumDy[c] = 0;
             sumDyXmu[c] = 0;
@@ -1011,7 +1026,7 @@ final class VectorKernels implements BatchNormKernels {
                 long o = base + 4L * c;
                 for (int i = 0; i < rows; i++, o += rowBytes) {
                     DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
-                    g = g.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                    g = g.blend(DoubleVector.zero(DOUBLES), ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
                     a = a.add(g);
                     q = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, q);
                 }
