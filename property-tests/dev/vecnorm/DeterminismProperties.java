@@ -76,4 +76,32 @@ class DeterminismProperties {
             Expect.bitwiseEqual("dbeta", g1.dbeta(), gn.dbeta(), context + " frozen " + frozen);
         }
     }
+
+    /** The fused calls (ReLU, the residual, the mask and dresidual), likewise. */
+    @Property(tries = 20)
+    void fusedOutputsAreIdenticalForEveryParallelism(@ForAll("shapes") TensorShape shape,
+                                                     @ForAll("parallelism") int threads, @ForAll long seed,
+                                                     @ForAll Distribution first) {
+        float[] x = TestData.tensor(shape, seed, ForwardProperties.kindsFrom(first));
+        float[] r = TestData.gaussian(x.length, seed + 9, 1);
+        float[] dy = BackwardProperties.upstream(x.length, seed + 5);
+        float[] gamma = TestData.gaussian(shape.channels(), seed + 1, 1);
+        float[] beta = TestData.gaussian(shape.channels(), seed + 2, 1);
+        BatchNorm one = BatchNorm.builder(shape).activation(Activation.RELU).build();
+        BatchNorm many = BatchNorm.builder(shape).activation(Activation.RELU).parallelism(threads).executor(POOL).build();
+        String context = shape + ", parallelism " + threads;
+        Runs.Training t1 = Runs.fusedTraining(one, x, r, gamma, beta);
+        Runs.Training tn = Runs.fusedTraining(many, x, r, gamma, beta);
+        Expect.bitwiseEqual("fused y", t1.y(), tn.y(), context);
+        Expect.bitwiseEqual("fused inference y", Runs.fusedInference(one, x, r, gamma, beta, t1.mean(), t1.variance()),
+                Runs.fusedInference(many, x, r, gamma, beta, t1.mean(), t1.variance()), context);
+        for (boolean frozen : new boolean[] {false, true}) {
+            Runs.FusedBackward g1 = Runs.fusedBackward(one, frozen, x, dy, t1.y(), gamma, t1.mean(), t1.variance());
+            Runs.FusedBackward gn = Runs.fusedBackward(many, frozen, x, dy, t1.y(), gamma, t1.mean(), t1.variance());
+            Expect.bitwiseEqual("fused dx", g1.dx(), gn.dx(), context + " frozen " + frozen);
+            Expect.bitwiseEqual("dresidual", g1.dresidual(), gn.dresidual(), context);
+            Expect.bitwiseEqual("fused dgamma", g1.dgamma(), gn.dgamma(), context);
+            Expect.bitwiseEqual("fused dbeta", g1.dbeta(), gn.dbeta(), context);
+        }
+    }
 }

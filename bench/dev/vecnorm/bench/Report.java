@@ -32,7 +32,7 @@ import org.openjdk.jmh.runner.options.TimeValue;
  *
  * <pre>
  * arguments: [--quick | --full | --smoke] [--shapes=mb32ic64ih56iw56,...] [--threads=1,2]
- *            [--kernels=vector,scalar] [--layouts=NCHW,NHWC] [--out=DIR]
+ *            [--kernels=vector,scalar] [--layouts=NCHW,NHWC] [--fused] [--out=DIR]
  * </pre>
  */
 public final class Report {
@@ -85,8 +85,11 @@ public final class Report {
             table += overhead(runOverhead(s, s.out.resolve("jmh-result-overhead.json")));
         }
         if (s.peers) {
-            table += peers(results, run(s, "dev\\.vecnorm\\.peers\\.", false, null,
+            table += peers(results, run(s, "dev\\.vecnorm\\.peers\\.(OneDnn|PyTorch|OnnxRuntime)Benchmark\\.", false, null,
                     s.out.resolve("jmh-result-peers.json")), s);
+        }
+        if (FusedReport.wanted(args)) {
+            table += FusedReport.run(s, results);
         }
         if (s.cost) {
             table += cost(run(s, "dev\\.vecnorm\\.bench\\.DeterminismCostBenchmark\\.", false, null,
@@ -119,7 +122,7 @@ public final class Report {
     }
 
     /** Forks, iterations, JVM flags and the JSON file: the same for every part of the report. */
-    private static ChainedOptionsBuilder options(Settings s, Path json) {
+    static ChainedOptionsBuilder options(Settings s, Path json) {
         return new OptionsBuilder()
                 .forks(s.forks)
                 .warmupIterations(s.warmups)
@@ -157,13 +160,15 @@ public final class Report {
                 layouts = split(a);
             } else if (a.equals("--peers")) {
                 peers = true;
+            } else if (a.equals("--fused")) {
+                continue;                          // read by FusedReport.wanted
             } else if (a.equals("--cost")) {
                 cost = true;
             } else if (a.startsWith("--out=")) {
                 out = Path.of(a.substring("--out=".length()));
             } else {
                 throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --shapes=,"
-                        + " --threads=, --kernels=, --layouts=, --cost, --peers or --out=, got '" + a + "'");
+                        + " --threads=, --kernels=, --layouts=, --cost, --fused, --peers or --out=, got '" + a + "'");
             }
         }
         if (shapes == null) {

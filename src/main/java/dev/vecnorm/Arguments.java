@@ -16,8 +16,8 @@ import java.util.Objects;
  */
 final class Arguments {
 
-    /** The most segments of any call (backward: five inputs and three outputs). */
-    private static final int CAPACITY = 8;
+    /** The most segments of any call (fused backward: six inputs and four outputs). */
+    private static final int CAPACITY = 10;
     private static final ThreadLocal<Arguments> PER_THREAD = ThreadLocal.withInitial(Arguments::new);
 
     private final String[] names = new String[CAPACITY];
@@ -52,6 +52,12 @@ final class Arguments {
      * another thread.
      */
     boolean finish(String inPlaceOutput, String inPlaceInput) {
+        return finish(inPlaceOutput, inPlaceInput, null, null);
+    }
+
+    /** {@link #finish(String, String)} with a second allowed in-place pair. */
+    boolean finish(String inPlaceOutput, String inPlaceInput, String inPlaceOutput2,
+                   String inPlaceInput2) {
         try {
             for (int i = 0; i < count; i++) {
                 if (!written[i]) {
@@ -61,8 +67,9 @@ final class Arguments {
                     if (j == i || (written[j] && j < i)) {
                         continue;                  // each pair of outputs once
                     }
-                    boolean inPlace = !written[j] && names[i].equals(inPlaceOutput)
-                            && names[j].equals(inPlaceInput);
+                    boolean inPlace = !written[j]
+                            && (names[i].equals(inPlaceOutput) && names[j].equals(inPlaceInput)
+                            || names[i].equals(inPlaceOutput2) && names[j].equals(inPlaceInput2));
                     rejectOverlap(i, j, inPlace);
                 }
             }

@@ -37,6 +37,17 @@ import java.util.concurrent.ForkJoinPool;
  *   <li>A call returns when every output is written and keeps no reference to any segment.</li>
  * </ul>
  *
+ * <p>With {@link Builder#activation(Activation) activation} {@link Activation#RELU} the forward
+ * calls write {@code relu(bn(x))}, and the overloads with a {@code residual} write
+ * {@code act(bn(x) + residual)} for either activation (a ResNet block's add and ReLU), in the
+ * same pass over memory; backward is then the gradient of that composition, and takes the
+ * forward output y for the ReLU's mask. Rounding, in every kernel and layout:
+ * <pre>
+ *   t = fma(x - mean', scale, offset)    (as without fusion; see the Numerics of the README)
+ *   s = t + residual                     (one float addition, rounded once; s = t without one)
+ *   y = s <= 0 ? +0 : s                  (RELU: exact; NaN stays NaN, -0 becomes +0; NONE: y = s)
+ * </pre>
+ *
  * <p>Instances are immutable and thread-safe. With {@code parallelism > 1} a call splits its work
  * across the executor; results are bitwise identical for every parallelism (the reductions are cut
  * into chunks that depend on the shape only and merged in a fixed order), and also between the
@@ -50,6 +61,8 @@ public final class BatchNorm {
     private final float momentum;
     private final RunningStatistics runningStatistics;
     private final int parallelism;
+    private final Activation activation;
+    private final boolean relu;
     private final BatchNormEngine engine;
     private final BatchNormEngine serial;
 
@@ -59,6 +72,8 @@ public final class BatchNorm {
         this.runningStatistics = b.runningStatistics;
         this.momentum = b.momentumOrDefault();
         this.parallelism = b.parallelism;
+        this.activation = b.activation;
+        this.relu = activation == Activation.RELU;
         BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
         ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
         this.serial = new BatchNormEngine(kernels, shape, epsilon, 1, executor);
@@ -103,6 +118,11 @@ public final class BatchNorm {
         return parallelism;
     }
 
+    /** The activation fused into the forward output (default {@link Activation#NONE}). */
+    public Activation activation() {
+        return activation;
+    }
+
     /** The kernels this JVM uses, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
     public static String kernels() {
         return KernelProvider.kernels().description();
@@ -120,7 +140,8 @@ public final class BatchNorm {
      *   y = gamma[c] * (x - mean[c]) / sqrt(variance[c] + eps) + beta[c]
      * </pre>
      * {@code mean} and {@code variance} are written for {@link #backward} and
-     * {@link #updateRunningStatistics}. {@code y} may be {@code x}.
+     * {@link #updateRunningStatistics}. {@code y} may be {@code x}. With activation
+     * {@link Activation#RELU}, y is {@code relu} of the above (see the class comment).
      *
      * @param x        input, {@code shape.elements()} floats
      * @param gamma    scale per channel, or null for 1
@@ -146,13 +167,47 @@ public final class BatchNorm {
                 .output("mean", mean, c, "one mean per channel", false)
                 .output("variance", variance, c, "one variance per channel", false)
                 .finish("y", "x");
-        engineFor(shareable).forwardTraining(x, gamma, beta, y, mean, variance);
+        engineFor(shareable).forwardTraining(x, null, gamma, beta, y, mean, variance, relu);
+    }
+
+    /**
+     * Training-mode forward with a residual added before the activation (a ResNet block's
+     * {@code relu(bn(x) + residual)}): as {@link #forwardTraining(MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment)}, then
+     * <pre>
+     *   y = act(fl(bn(x) + residual))     act = identity (NONE) or v <= 0 ? +0 : v (RELU)
+     * </pre>
+     * where {@code bn(x)} is the float the plain call writes and the add is rounded once. The
+     * statistics are those of x alone. {@code y} may be {@code x} or {@code residual}.
+     *
+     * @param residual the tensor added to the normalised x, {@code shape.elements()} floats
+     * @throws IllegalArgumentException as the plain call, and if residual has another size or
+     *                                  overlaps an output other than as {@code y == residual}
+     * @throws NullPointerException     if x, residual, y, mean or variance is null
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, MemorySegment y, MemorySegment mean,
+                                MemorySegment variance) {
+        requireBatchOfMany("forwardTraining");
+        long e = shape.elements();
+        int c = shape.channels();
+        boolean shareable = Arguments.start()
+                .input("x", x, e, "the input tensor", false)
+                .input("residual", residual, e, "the tensor added before the activation", false)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .output("y", y, e, "the output tensor", false)
+                .output("mean", mean, c, "one mean per channel", false)
+                .output("variance", variance, c, "one variance per channel", false)
+                .finish("y", "x", "y", "residual");
+        engineFor(shareable).forwardTraining(x, residual, gamma, beta, y, mean, variance, relu);
     }
 
     /**
      * Inference-mode forward with given statistics (the paper's Algorithm 2):
      * {@code y = gamma[c] * (x - mean[c]) / sqrt(variance[c] + eps) + beta[c]}. {@code y} may be
-     * {@code x}. A negative variance below {@code -eps} gives NaN in that channel.
+     * {@code x}. A negative variance below {@code -eps} gives NaN in that channel. With activation
+     * {@link Activation#RELU}, y is {@code relu} of the above.
      *
      * @throws IllegalArgumentException if a size is wrong or an output is read-only or overlaps
      * @throws NullPointerException     if x, mean, variance or y is null
@@ -169,7 +224,36 @@ public final class BatchNorm {
                 .input("variance", variance, c, "one variance per channel", false)
                 .output("y", y, e, "the output tensor", false)
                 .finish("y", "x");
-        engineFor(shareable).forwardInference(x, gamma, beta, mean, variance, y);
+        engineFor(shareable).forwardInference(x, null, gamma, beta, mean, variance, y, relu);
+    }
+
+    /**
+     * Inference-mode forward with a residual added before the activation:
+     * {@code y = act(fl(bn(x) + residual))}, {@code bn(x)} the float of the plain call, the add
+     * rounded once, act as in {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment)}. {@code y} may be {@code x} or
+     * {@code residual}.
+     *
+     * @throws IllegalArgumentException if a size is wrong, or an output is read-only or overlaps
+     *                                  an input other than as {@code y == x} or
+     *                                  {@code y == residual}
+     * @throws NullPointerException     if x, residual, mean, variance or y is null
+     */
+    public void forwardInference(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                 MemorySegment beta, MemorySegment mean, MemorySegment variance,
+                                 MemorySegment y) {
+        long e = shape.elements();
+        int c = shape.channels();
+        boolean shareable = Arguments.start()
+                .input("x", x, e, "the input tensor", false)
+                .input("residual", residual, e, "the tensor added before the activation", false)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .input("mean", mean, c, "one mean per channel", false)
+                .input("variance", variance, c, "one variance per channel", false)
+                .output("y", y, e, "the output tensor", false)
+                .finish("y", "x", "y", "residual");
+        engineFor(shareable).forwardInference(x, residual, gamma, beta, mean, variance, y, relu);
     }
 
     /**
@@ -185,10 +269,14 @@ public final class BatchNorm {
      * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps,
      *                                  or M = 1
      * @throws NullPointerException     if x, dy, mean, variance or dx is null
+     * @throws IllegalStateException    if the activation is {@link Activation#RELU}: its gradient
+     *                                  needs the forward output, which the overload with
+     *                                  {@code y} and {@code dresidual} takes
      */
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
                          MemorySegment dbeta) {
+        requireNoActivation("backward");
         requireBatchOfMany("backward");
         boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
         engineFor(shareable).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false);
@@ -202,13 +290,100 @@ public final class BatchNorm {
      *
      * @throws IllegalArgumentException if a size is wrong or an output is read-only or overlaps
      * @throws NullPointerException     if x, dy, mean, variance or dx is null
+     * @throws IllegalStateException    if the activation is {@link Activation#RELU} (call the
+     *                                  overload with {@code y} and {@code dresidual})
      */
     public void backwardWithFrozenStatistics(MemorySegment x, MemorySegment dy, MemorySegment gamma,
                                              MemorySegment mean, MemorySegment variance,
                                              MemorySegment dx, MemorySegment dgamma,
                                              MemorySegment dbeta) {
+        requireNoActivation("backwardWithFrozenStatistics");
         boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
         engineFor(shareable).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, true);
+    }
+
+    /**
+     * Gradients of the fused forward {@code y = act(bn(x) + residual)} (or {@code act(bn(x))}),
+     * given the {@code mean} and {@code variance} that {@code forwardTraining} wrote and its
+     * output {@code y}. With g the gradient at the activation's input,
+     * <pre>
+     *   g         = y <= 0 ? 0 : dy   (RELU; a NaN y passes dy)     g = dy   (NONE; y not read)
+     *   dresidual = g
+     *   dbeta     = sum(g),   dgamma = invstd * sum((x - mean) * g)
+     *   dx        = gamma * invstd * (g - dbeta / M - (x - mean) * invstd * dgamma / M)
+     * </pre>
+     * that is {@link #backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment) backward} with dy replaced by g,
+     * in the same two passes over memory (y is read in both). {@code dresidual} may be null (a
+     * forward without a residual); {@code dx} or {@code dresidual} (not both) may be {@code dy};
+     * {@code dgamma} and {@code dbeta} may be null.
+     *
+     * @param y         the forward output; may be null with activation NONE
+     * @param dresidual output, the gradient of the residual, or null
+     * @throws IllegalArgumentException if a size is wrong, an output is read-only or overlaps an
+     *                                  argument other than as {@code dx == dy} or
+     *                                  {@code dresidual == dy}, or M = 1
+     * @throws NullPointerException     if x, dy, mean, variance or dx is null, or y with RELU
+     */
+    public void backward(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment gamma,
+                         MemorySegment mean, MemorySegment variance, MemorySegment dx,
+                         MemorySegment dresidual, MemorySegment dgamma, MemorySegment dbeta) {
+        requireBatchOfMany("backward");
+        boolean shareable = fusedBackwardArguments(x, dy, y, gamma, mean, variance, dx, dresidual,
+                dgamma, dbeta);
+        engineFor(shareable).backward(x, dy, relu ? y : null, gamma, mean, variance, dx, dresidual,
+                dgamma, dbeta, false);
+    }
+
+    /**
+     * {@link #backwardWithFrozenStatistics(MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment)} of the fused
+     * forward: g and {@code dresidual = g} as in {@link #backward(MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment) the fused backward}, then {@code dx = gamma * invstd * g},
+     * {@code dbeta = sum(g)}, {@code dgamma = invstd * sum((x - mean) * g)}.
+     *
+     * @throws IllegalArgumentException if a size is wrong or an output is read-only or overlaps
+     * @throws NullPointerException     if x, dy, mean, variance or dx is null, or y with RELU
+     */
+    public void backwardWithFrozenStatistics(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                             MemorySegment gamma, MemorySegment mean,
+                                             MemorySegment variance, MemorySegment dx,
+                                             MemorySegment dresidual, MemorySegment dgamma,
+                                             MemorySegment dbeta) {
+        boolean shareable = fusedBackwardArguments(x, dy, y, gamma, mean, variance, dx, dresidual,
+                dgamma, dbeta);
+        engineFor(shareable).backward(x, dy, relu ? y : null, gamma, mean, variance, dx, dresidual,
+                dgamma, dbeta, true);
+    }
+
+    private boolean fusedBackwardArguments(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                           MemorySegment gamma, MemorySegment mean,
+                                           MemorySegment variance, MemorySegment dx,
+                                           MemorySegment dresidual, MemorySegment dgamma,
+                                           MemorySegment dbeta) {
+        long e = shape.elements();
+        int c = shape.channels();
+        return Arguments.start()
+                .input("x", x, e, "the forward input tensor", false)
+                .input("dy", dy, e, "the gradient of the output", false)
+                .input("y", y, e, "the forward output, for the ReLU's mask", !relu)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("mean", mean, c, "one mean per channel", false)
+                .input("variance", variance, c, "one variance per channel", false)
+                .output("dx", dx, e, "the gradient of the input", false)
+                .output("dresidual", dresidual, e, "the gradient of the residual", true)
+                .output("dgamma", dgamma, c, "one gradient per channel", true)
+                .output("dbeta", dbeta, c, "one gradient per channel", true)
+                .finish("dx", "dy", "dresidual", "dy");
+    }
+
+    private void requireNoActivation(String call) {
+        if (relu) {
+            throw new IllegalStateException(call + ": this BatchNorm fuses activation RELU, whose"
+                    + " gradient needs the forward output; call " + call + "(x, dy, y, gamma, mean,"
+                    + " variance, dx, dresidual, dgamma, dbeta)");
+        }
     }
 
     private boolean backwardArguments(MemorySegment x, MemorySegment dy, MemorySegment gamma,
@@ -307,7 +482,8 @@ public final class BatchNorm {
     @Override
     public String toString() {
         return "BatchNorm[" + shape + ", epsilon=" + epsilon + ", momentum=" + momentum
-                + ", parallelism=" + parallelism + ", kernels=" + instanceKernels() + "]";
+                + ", parallelism=" + parallelism + ", activation=" + activation + ", kernels="
+                + instanceKernels() + "]";
     }
 
     /** Configures a {@link BatchNorm}; not thread-safe, reusable. */
@@ -317,6 +493,7 @@ public final class BatchNorm {
         private float momentum = Float.NaN;          // NaN: the rule's default
         private RunningStatistics runningStatistics = RunningStatistics.PYTORCH;
         private int parallelism = 1;
+        private Activation activation = Activation.NONE;
         private ExecutorService executor;
         private BatchNormKernels kernels;
 
@@ -396,6 +573,19 @@ public final class BatchNorm {
          */
         public Builder executor(ExecutorService executor) {
             this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
+            return this;
+        }
+
+        /**
+         * The activation fused into the forward output (default {@link Activation#NONE}): with
+         * {@link Activation#RELU} the forward calls write {@code relu(bn(x))} (or
+         * {@code relu(bn(x) + residual)}), and backward takes the overloads with {@code y}.
+         *
+         * @throws NullPointerException if null
+         */
+        public Builder activation(Activation activation) {
+            this.activation = Objects.requireNonNull(activation,
+                    "activation: expected NONE or RELU, got null");
             return this;
         }
 

@@ -44,6 +44,20 @@ class AllocationTest {
                         "forwardInference in place " + shape);
                 assertEquals(0, leastBytesPerWindow(() -> bn.backward(x, dy, gamma, mean, var, dx, dgamma, dbeta)),
                         "backward " + shape);
+                // The fused calls: ReLU, the residual (y over it too), the mask and dresidual.
+                BatchNorm relu = BatchNorm.builder(shape).activation(Activation.RELU).build();
+                MemorySegment r = Segments.of(arena, TestData.gaussian(e, 5, 1));
+                MemorySegment dres = arena.allocate(4L * e, 64), work = arena.allocate(4L * e, 64);
+                assertEquals(0, leastBytesPerWindow(() -> relu.forwardTraining(x, r, gamma, beta, y, mean, var)),
+                        "fused forwardTraining " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> relu.forwardInference(x, r, gamma, beta, mean, var, y)),
+                        "fused forwardInference " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> relu.forwardInference(x, work, gamma, beta, mean, var, work)),
+                        "fused forwardInference over the residual " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> relu.backward(x, dy, y, gamma, mean, var, dx, dres, dgamma, dbeta)),
+                        "fused backward " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> relu.backwardWithFrozenStatistics(x, dy, y, gamma, mean, var, dx,
+                        dres, dgamma, dbeta)), "fused frozen backward " + shape);
             }
         }
     }

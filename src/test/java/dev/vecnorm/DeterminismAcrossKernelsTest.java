@@ -49,10 +49,21 @@ class DeterminismAcrossKernelsTest {
                 Runs.Training t = Runs.training(bn, x, gamma, beta);
                 Runs.Backward g = Runs.backward(bn, false, x, dy, gamma, t.mean(), t.variance());
                 float[] inf = Runs.inference(bn, x, gamma, beta, t.mean(), t.variance());
+                // The fused calls: ReLU with and without the residual, backward with the mask.
+                float[] r = TestData.gaussian(x.length, seed + 9, 1);
+                BatchNorm relu = BatchNorm.builder(shape).epsilon(1e-3f).activation(Activation.RELU).build();
+                Runs.Training fr = Runs.fusedTraining(relu, x, r, gamma, beta);
+                Runs.Training f0 = Runs.fusedTraining(relu, x, null, gamma, beta);
+                float[] fi = Runs.fusedInference(relu, x, r, gamma, beta, t.mean(), t.variance());
+                Runs.FusedBackward fg = Runs.fusedBackward(relu, false, x, dy, fr.y(), gamma, fr.mean(), fr.variance());
+                Runs.FusedBackward ff = Runs.fusedBackward(relu, true, x, dy, fr.y(), gamma, fr.mean(), fr.variance());
+                String fused = " " + hash(fr.y()) + " " + hash(f0.y()) + " " + hash(fi) + " " + hash(fg.dx())
+                        + " " + hash(fg.dresidual()) + " " + hash(fg.dgamma()) + " " + hash(fg.dbeta())
+                        + " " + hash(ff.dx()) + " " + hash(ff.dgamma());
                 String key = shape.batch() + "x" + shape.channels() + "x" + shape.spatial() + " "
                         + shape.layout() + " " + kind;
                 out.put(key, hash(t.y()) + " " + hash(t.mean()) + " " + hash(t.variance()) + " "
-                        + hash(inf) + " " + hash(g.dx()) + " " + hash(g.dgamma()) + " " + hash(g.dbeta()));
+                        + hash(inf) + " " + hash(g.dx()) + " " + hash(g.dgamma()) + " " + hash(g.dbeta()) + fused);
             }
         }
         return out;

@@ -40,6 +40,19 @@ class ReadmeExampleTest {
             float m0 = mean.getAtIndex(ValueLayout.JAVA_FLOAT, 0);
             assertEquals(0.1f * m0, runningMean.getAtIndex(ValueLayout.JAVA_FLOAT, 0), 1e-6f);
             assertTrue(dgamma.getAtIndex(ValueLayout.JAVA_FLOAT, 0) != 0f);
+
+            // The fused call of the tour: relu(bn(x) + residual), and its backward.
+            MemorySegment residual = Segments.of(arena, TestData.gaussian((int) e, 11, 1));
+            MemorySegment dresidual = arena.allocate(4 * e);
+            BatchNorm block = BatchNorm.builder(shape).activation(Activation.RELU).build();
+            block.forwardTraining(x, residual, gamma, beta, y, mean, var);
+            block.backward(x, dy, y, gamma, mean, var, dx, dresidual, dgamma, dbeta);
+            for (long i = 0; i < e; i++) {
+                float out = y.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+                assertTrue(out >= 0f, "relu output");
+                assertEquals(out > 0 ? dy.getAtIndex(ValueLayout.JAVA_FLOAT, i) : 0f,
+                        dresidual.getAtIndex(ValueLayout.JAVA_FLOAT, i), "dresidual = dy where y > 0");
+            }
         }
         assertTrue(BatchNorm.kernels().equals("scalar") || BatchNorm.kernels().startsWith("vector "));
     }

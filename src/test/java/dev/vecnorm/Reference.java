@@ -139,6 +139,57 @@ final class Reference {
         return out;
     }
 
+    /**
+     * The fused forward's tail in double: {@code act(pre + residual)}, the residual null for
+     * none, act the identity or ReLU {@code max(0, v)}.
+     */
+    static double[] activate(double[] pre, float[] residual, boolean relu) {
+        double[] y = new double[pre.length];
+        for (int i = 0; i < pre.length; i++) {
+            double v = pre[i] + (residual == null ? 0 : residual[i]);
+            y[i] = relu ? Math.max(0, v) : v;
+        }
+        return y;
+    }
+
+    /**
+     * ReLU's backward, the chain rule through {@code y = max(0, s)} given its output: dL/ds =
+     * dL/dy where y > 0, else 0 (the derivative at the kink taken as 0, as PyTorch does); a NaN
+     * y passes dy, as PyTorch's threshold_backward (y <= 0 is false for NaN).
+     */
+    static double[] reluBackward(float[] dy, float[] y) {
+        double[] g = new double[dy.length];
+        for (int i = 0; i < dy.length; i++) {
+            g[i] = y[i] <= 0 ? 0 : dy[i];
+        }
+        return g;
+    }
+
+    /** {@link #reluBackward} for outputs in double (the reference's own forward). */
+    static double[] reluBackward(double[] dy, double[] y) {
+        double[] g = new double[dy.length];
+        for (int i = 0; i < dy.length; i++) {
+            g[i] = y[i] <= 0 ? 0 : dy[i];
+        }
+        return g;
+    }
+
+    /** Gradients of {@code y = act(bn(x) + residual)}: BatchNorm's, and the residual's. */
+    record FusedGradients(Gradients bn, double[] dresidual) {
+    }
+
+    /**
+     * The fused backward, step by step: the activation's backward first (dL/ds = g from the
+     * output y), then s = bn(x) + residual passes g to both terms unchanged (dL/dresidual = g,
+     * dL/dbn = g), then the paper's backward of bn with dy = g.
+     */
+    static FusedGradients fusedBackward(TensorShape shape, double[] x, double[] dy, double[] y,
+                                        boolean relu, double[] gamma, double[] mean,
+                                        double[] variance, double eps) {
+        double[] g = relu ? reluBackward(dy, y) : dy.clone();
+        return new FusedGradients(backward(shape, x, g, gamma, mean, variance, eps), g);
+    }
+
     static double[] widen(float[] v) {
         double[] d = new double[v.length];
         for (int i = 0; i < v.length; i++) {

@@ -57,4 +57,71 @@ final class Runs {
             return new Backward(Segments.toArray(dx), Segments.toArray(dgamma), Segments.toArray(dbeta));
         }
     }
+
+    /** The fused training forward: with a residual when it is not null. */
+    static Training fusedTraining(BatchNorm bn, float[] x, float[] residual, float[] gamma,
+                                  float[] beta) {
+        try (Arena arena = Arena.ofShared()) {
+            int channels = bn.shape().channels();
+            MemorySegment xs = Segments.of(arena, x);
+            MemorySegment y = Segments.zeros(arena, x.length);
+            MemorySegment mean = Segments.zeros(arena, channels);
+            MemorySegment var = Segments.zeros(arena, channels);
+            MemorySegment g = gamma == null ? null : Segments.of(arena, gamma);
+            MemorySegment b = beta == null ? null : Segments.of(arena, beta);
+            if (residual == null) {
+                bn.forwardTraining(xs, g, b, y, mean, var);
+            } else {
+                bn.forwardTraining(xs, Segments.of(arena, residual), g, b, y, mean, var);
+            }
+            return new Training(Segments.toArray(y), Segments.toArray(mean), Segments.toArray(var));
+        }
+    }
+
+    /** The fused inference forward: with a residual when it is not null. */
+    static float[] fusedInference(BatchNorm bn, float[] x, float[] residual, float[] gamma,
+                                  float[] beta, float[] mean, float[] variance) {
+        try (Arena arena = Arena.ofShared()) {
+            MemorySegment y = Segments.zeros(arena, x.length);
+            MemorySegment g = gamma == null ? null : Segments.of(arena, gamma);
+            MemorySegment b = beta == null ? null : Segments.of(arena, beta);
+            if (residual == null) {
+                bn.forwardInference(Segments.of(arena, x), g, b, Segments.of(arena, mean),
+                        Segments.of(arena, variance), y);
+            } else {
+                bn.forwardInference(Segments.of(arena, x), Segments.of(arena, residual), g, b,
+                        Segments.of(arena, mean), Segments.of(arena, variance), y);
+            }
+            return Segments.toArray(y);
+        }
+    }
+
+    record FusedBackward(float[] dx, float[] dresidual, float[] dgamma, float[] dbeta) {
+        Backward plain() {
+            return new Backward(dx, dgamma, dbeta);
+        }
+    }
+
+    /** The fused backward (the overloads with y and dresidual), every output asked for. */
+    static FusedBackward fusedBackward(BatchNorm bn, boolean frozen, float[] x, float[] dy,
+                                       float[] y, float[] gamma, float[] mean, float[] variance) {
+        try (Arena arena = Arena.ofShared()) {
+            int channels = bn.shape().channels();
+            MemorySegment dx = Segments.zeros(arena, x.length);
+            MemorySegment dres = Segments.zeros(arena, x.length);
+            MemorySegment dgamma = Segments.zeros(arena, channels);
+            MemorySegment dbeta = Segments.zeros(arena, channels);
+            MemorySegment g = gamma == null ? null : Segments.of(arena, gamma);
+            MemorySegment ys = y == null ? null : Segments.of(arena, y);
+            if (frozen) {
+                bn.backwardWithFrozenStatistics(Segments.of(arena, x), Segments.of(arena, dy), ys, g,
+                        Segments.of(arena, mean), Segments.of(arena, variance), dx, dres, dgamma, dbeta);
+            } else {
+                bn.backward(Segments.of(arena, x), Segments.of(arena, dy), ys, g,
+                        Segments.of(arena, mean), Segments.of(arena, variance), dx, dres, dgamma, dbeta);
+            }
+            return new FusedBackward(Segments.toArray(dx), Segments.toArray(dres),
+                    Segments.toArray(dgamma), Segments.toArray(dbeta));
+        }
+    }
 }

@@ -259,4 +259,50 @@ class ValidationTest {
         rejects(IllegalArgumentException.class, () -> bn.forwardTraining(closed, gamma, beta, y, mean, var),
                 "x:", "closed");
     }
+
+    // ---- the fused calls
+
+    @Test
+    void fusedCallsCheckTheResidualAndTheMask() {
+        BatchNorm relu = BatchNorm.builder(SHAPE).activation(Activation.RELU).build();
+        MemorySegment r = Segments.of(arena, TestData.gaussian(E, 3, 1));
+        MemorySegment dres = sentinel(E);
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, r.asSlice(0, 4L * (E - 1)), gamma, beta, y, mean, var),
+                "residual:", "expected " + 4 * E + " bytes", "got " + 4 * (E - 1));
+        rejects(NullPointerException.class, () -> relu.forwardInference(x, null, gamma, beta, gamma, beta, y),
+                "residual:", "got null");
+        // y over part of the residual, or mean over the residual: only y == residual is in place.
+        MemorySegment big = arena.allocate(4L * (E + 3), 64);
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, big.asSlice(0, 4L * E), gamma, beta, big.asSlice(12, 4L * E), mean, var),
+                "y:", "residual", "overlapping bytes");
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, r, gamma, beta, y, r.asSlice(0, 12), var), "mean:", "residual");
+        rejects(NullPointerException.class,
+                () -> relu.backward(x, dy, null, gamma, mean, var, dx, dres, dgamma, dbeta), "y:", "got null");
+        rejects(IllegalArgumentException.class,
+                () -> relu.backward(x, dy, y, gamma, mean, var, dx, dx, dgamma, dbeta), "dx:", "output dresidual");
+        rejects(IllegalArgumentException.class,
+                () -> relu.backward(x, dy, y, gamma, mean, var, dx, y, dgamma, dbeta), "dresidual:", "input y");
+        rejects(IllegalArgumentException.class,
+                () -> relu.backwardWithFrozenStatistics(x, dy, y, gamma, mean, var, dx, x, dgamma, dbeta),
+                "dresidual:", "input x");
+        assertUntouched(dres);
+    }
+
+    @Test
+    void theUnfusedBackwardOfAReluInstanceNamesTheOverloadToCall() {
+        BatchNorm relu = BatchNorm.builder(SHAPE).activation(Activation.RELU).build();
+        for (Executable call : new Executable[] {
+            () -> relu.backward(x, dy, gamma, mean, var, dx, dgamma, dbeta),
+            () -> relu.backwardWithFrozenStatistics(x, dy, gamma, mean, var, dx, dgamma, dbeta)}) {
+            rejects(IllegalStateException.class, call, "RELU", "(x, dy, y, gamma, mean, variance, dx, dresidual, dgamma, dbeta)");
+        }
+        NullPointerException e = assertThrows(NullPointerException.class,
+                () -> BatchNorm.builder(SHAPE).activation(null));
+        assertTrue(e.getMessage().startsWith("activation:"), e.getMessage());
+        assertEquals(Activation.NONE, BatchNorm.builder(SHAPE).build().activation());
+        assertEquals(Activation.RELU, relu.activation());
+    }
 }

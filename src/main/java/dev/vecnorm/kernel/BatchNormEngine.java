@@ -126,8 +126,20 @@ public final class BatchNormEngine {
     /** {@code BatchNorm.forwardTraining}, arguments already validated. */
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
+        forwardTraining(x, null, gamma, beta, y, mean, variance, false);
+    }
+
+    /**
+     * {@code BatchNorm.forwardTraining} with the fused parts: y = act(bn(x) + residual), the
+     * residual null for none, act ReLU when {@code relu} (see {@link BatchNormKernels}).
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, MemorySegment y, MemorySegment mean,
+                                MemorySegment variance, boolean relu) {
         Scratch w = acquire();
         try {
+            w.residual = residual;
+            w.relu = relu;
             channelVector(gamma, 1f, w.g);
             channelVector(beta, 0f, w.b);
             w.moments.reset();
@@ -145,10 +157,7 @@ public final class BatchNormEngine {
             for (int c = 0; c < channels; c++) {
                 far += trainingParameters(c, w);
             }
-            transform(w, x, y, w.mu, w.scale, w.offset);
-            if (far > 0) {
-                finishFar(w, null, y, 0, channels);
-            }
+            normalize(w, x, y, w.mu, w.scale, w.offset, far);
         } finally {
             release(w);
         }
@@ -183,6 +192,12 @@ public final class BatchNormEngine {
 
     /** NCHW gradient sums of chunk k in memory order, as {@link #planeMoments}. */
     private void planeGradientSums(Scratch w, int k) {
+        if (w.mask != null) {
+            for (int c = 0; c < channels; c++) {
+                maskedGradientSums(w, k, c, w.s1[k], w.s2[k]);
+            }
+            return;
+        }
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
@@ -193,11 +208,20 @@ public final class BatchNormEngine {
         finishLanes(lanes, 0, channels, w.s1[k], w.s2[k]);
     }
 
-    /** NCHW dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
-    private void planeGradientInput(Scratch w, int t) {
-        int tasks = planeTasks();
-        kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, planeBoundary(t, tasks),
-                planeBoundary(t + 1, tasks), w.mu, w.scale, w.offset, w.b);
+    /**
+     * Fused ReLU: channel c's masked gradient sums over chunk k into s1[c] and s2[c], a plane at
+     * a time in image order, so both NCHW walks give the same bits. (MERGE NOTE, stop-gap: each
+     * plane still has its own lane tree; the masked sums are yet to join the lanes of
+     * {@link BatchNormKernels#channelGradientSums}.)
+     */
+    private void maskedGradientSums(Scratch w, int k, int c, double[] s1, double[] s2) {
+        s1[c] = 0;
+        s2[c] = 0;
+        for (long img = start(k); img < start(k + 1); img++) {
+            int p = (int) img * channels + c;
+            kernels.planesGradientSumsMasked(w.x, w.dy, w.mask, channels, spatial, p, p + 1,
+                    w.meanD, s1, s2);
+        }
     }
 
     /**
@@ -222,27 +246,41 @@ public final class BatchNormEngine {
     /** Transform task t of {@link #planeTasks()}. */
     private void planeNormalize(Scratch w, int t) {
         int tasks = planeTasks();
-        kernels.planesNormalize(w.in, w.out, channels, spatial, planeBoundary(t, tasks),
-                planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset);
+        kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial,
+                planeBoundary(t, tasks), planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset);
     }
 
     /** Transform task t of {@link #rowTasks()}. */
     private void rowNormalize(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowNormalize(w.in, w.out, channels, m * t / tasks, m * (t + 1) / tasks, 0,
-                channels, w.tMu, w.tScale, w.tOffset);
+        kernels.rowNormalize(w.in, w.residual, w.out, w.relu, channels, m * t / tasks,
+                m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset);
     }
 
     private void rowGradientSums(Scratch w, int k) {
+        if (w.mask != null) {                  // fused ReLU: the masked sums (MERGE NOTE: stop-gap)
+            kernels.rowGradientSumsMasked(w.x, w.dy, w.mask, channels, start(k), start(k + 1), 0,
+                    channels, w.meanD, w.s1[k], w.s2[k]);
+            return;
+        }
         kernels.rowGradientSums(w.x, w.dy, channels, start(k), start(k + 1), 0, channels, w.meanD,
                 w.s1[k], w.s2[k]);
     }
 
-    /** NHWC dx = fma(x - mu, b, fma(dy, a, c)) with a, b, c in scale, offset and b of the scratch. */
+    /**
+     * dx = fma(x - mu, b, fma(g, a, c)) with mu, a, b, c in tMu, tScale, tOffset and tC of the
+     * scratch, g the masked dy; x is tIn (null: the frozen form, dx = fma(g, a, c)).
+     */
+    private void planeGradientInput(Scratch w, int t) {
+        int tasks = planeTasks();
+        kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
+                planeBoundary(t, tasks), planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset, w.tC);
+    }
+
     private void rowGradientInput(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowGradientInput(w.x, w.dy, w.dx, channels, m * t / tasks, m * (t + 1) / tasks, 0,
-                channels, w.mu, w.scale, w.offset, w.b);
+        kernels.rowGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, m * t / tasks,
+                m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset, w.tC);
     }
 
     /** NCHW channel block {@code blk}: its statistics, then its transform (see {@link #channelBlock}). */
@@ -260,11 +298,22 @@ public final class BatchNormEngine {
         for (int c = c0; c < c1; c++) {
             far += trainingParameters(c, w);
         }
-        for (int img = 0; img < n; img++) {
-            kernels.planesNormalize(w.x, w.y, channels, spatial, img * channels + c0,
-                    img * channels + c1, w.mu, w.scale, w.offset);
+        normalizeBlock(w, c0, c1, far);
+    }
+
+    /** The transform of NCHW channel block [c0, c1), image by image, and its far channels. */
+    private void normalizeBlock(Scratch w, int c0, int c1, int far) {
+        boolean fused = far > 0 && (w.residual != null || w.relu);
+        if (fused) {
+            computeFar(w, w.x, c0, c1);
         }
-        if (far > 0) {
+        for (int img = 0; img < n; img++) {
+            kernels.planesNormalize(w.x, w.residual, w.y, w.relu, channels, spatial,
+                    img * channels + c0, img * channels + c1, w.mu, w.scale, w.offset);
+        }
+        if (fused) {
+            writeFar(w, w.y, c0, c1);
+        } else if (far > 0) {
             finishFar(w, null, w.y, c0, c1);
         }
     }
@@ -323,8 +372,17 @@ public final class BatchNormEngine {
      */
     public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                  MemorySegment mean, MemorySegment variance, MemorySegment y) {
+        forwardInference(x, null, gamma, beta, mean, variance, y, false);
+    }
+
+    /** {@link #forwardInference} with the fused parts, as {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, boolean)}. */
+    public void forwardInference(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                 MemorySegment beta, MemorySegment mean, MemorySegment variance,
+                                 MemorySegment y, boolean relu) {
         Scratch w = acquire();
         try {
+            w.residual = residual;
+            w.relu = relu;
             float[] g = channelVector(gamma, 1f, w.g);
             float[] b = channelVector(beta, 0f, w.b);
             float[] mu = channelVector(mean, 0f, w.mu);
@@ -348,12 +406,30 @@ public final class BatchNormEngine {
                     far += far(w, c, mu[c], a, b[c], 0);
                 }
             }
-            transform(w, x, y, mu, scale, b);
-            if (far > 0) {
-                finishFar(w, null, y, 0, channels);
-            }
+            normalize(w, x, y, mu, scale, b, far);
         } finally {
             release(w);
+        }
+    }
+
+    /**
+     * The forward transform of the whole tensor and its {@code far} channels (see
+     * {@link #FAR_MEAN}). Plain, the kernels pass a far channel through (y = x) and
+     * {@link #finishFar} computes it from y; with fused parts y no longer holds x, and y may be
+     * x or the residual, so the far channels' outputs are computed first, from intact inputs,
+     * and written over the kernels' after the pass.
+     */
+    private void normalize(Scratch w, MemorySegment x, MemorySegment y, float[] mu, float[] scale,
+                           float[] offset, int far) {
+        boolean fused = far > 0 && (w.residual != null || w.relu);
+        if (fused) {
+            computeFar(w, x, 0, channels);
+        }
+        transform(w, x, y, mu, scale, offset);
+        if (fused) {
+            writeFar(w, y, 0, channels);
+        } else if (far > 0) {
+            finishFar(w, null, y, 0, channels);
         }
     }
 
@@ -380,8 +456,22 @@ public final class BatchNormEngine {
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                          MemorySegment variance, MemorySegment dx, MemorySegment dgamma,
                          MemorySegment dbeta, boolean frozen) {
+        backward(x, dy, null, gamma, mean, variance, dx, null, dgamma, dbeta, frozen);
+    }
+
+    /**
+     * Backward of the fused forward: dy is replaced by g = (mask <= 0 ? 0 : dy) where the forward
+     * output {@code mask} is given (ReLU), in the gradient sums and in the dx pass, and
+     * {@code dresidual = g} is written in the dx pass where given. Arguments already validated.
+     */
+    public void backward(MemorySegment x, MemorySegment dy, MemorySegment mask, MemorySegment gamma,
+                         MemorySegment mean, MemorySegment variance, MemorySegment dx,
+                         MemorySegment dresidual, MemorySegment dgamma, MemorySegment dbeta,
+                         boolean frozen) {
         Scratch w = acquire();
         try {
+            w.mask = mask;
+            w.dresidual = dresidual;
             backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, frozen, w);
         } finally {
             release(w);
@@ -416,22 +506,31 @@ public final class BatchNormEngine {
             suspects += gradientCoefficients(c, w, sumDy[c], sumDyXmu[c], !frozen);
         }
         int far = suspects == 0 ? 0 : farGradients(w, 0, channels, !frozen);
-        if (frozen) {
+        if (frozen && w.mask == null && w.dresidual == null) {
             transform(w, dy, dx, w.zero, w.scale, w.zero);  // dx = fma(dy - 0, a, 0) = round(a dy)
-            if (far > 0) {
-                finishFar(w, null, dx, 0, channels);
-            }
-            return;
+        } else {
+            // Frozen and fused: dx = fma(g, a, 0) without x, the same bits as above where g = dy.
+            gradientInputParameters(w, frozen ? null : x, w.mu, w.scale, w.offset, frozen ? w.zero : w.b);
+            workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
         }
-        workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
         if (far > 0) {
-            finishFar(w, x, dx, 0, channels);
+            finishFar(w, frozen ? null : x, dx, 0, channels);
         }
+    }
+
+    /** The dx pass's x (null: frozen) and coefficients, for its tasks. */
+    private static void gradientInputParameters(Scratch w, MemorySegment x, float[] mu, float[] a,
+                                                float[] b, float[] c) {
+        w.in = x;
+        w.tMu = mu;
+        w.tScale = a;
+        w.tOffset = b;
+        w.tC = c;
     }
 
     /**
      * NCHW channel block {@code blk}: its gradient sums (when wanted), then its dx (see
-     * {@link #channelBlock}); with frozen statistics dx = fma(dy - 0, a, 0) = round(a dy).
+     * {@link #channelBlock}); with frozen statistics dx = fma(g, a, 0), without x.
      */
     private void backwardBlock(Scratch w, int blk) {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
@@ -440,8 +539,12 @@ public final class BatchNormEngine {
             int images = (int) (start(k + 1) - start(k));
             double[] s1 = w.s1[k], s2 = w.s2[k];
             for (int c = c0; c < c1; c++) {
-                kernels.channelGradientSums(w.x, w.dy, planeOffset(start(k), c), imageBytes(),
-                        images, spatial, w.meanD[c], null, s1, s2, c);
+                if (w.mask != null) {
+                    maskedGradientSums(w, k, c, s1, s2);
+                } else {
+                    kernels.channelGradientSums(w.x, w.dy, planeOffset(start(k), c), imageBytes(),
+                            images, spatial, w.meanD[c], null, s1, s2, c);
+                }
                 sumDy[c] += s1[c];
                 sumDyXmu[c] += s2[c];
             }
@@ -454,13 +557,8 @@ public final class BatchNormEngine {
         int far = suspects == 0 ? 0 : farGradients(w, c0, c1, withMean);
         for (int img = 0; img < n; img++) {
             int p0 = img * channels + c0, p1 = img * channels + c1;
-            if (withMean) {
-                kernels.planesGradientInput(w.x, w.dy, w.dx, channels, spatial, p0, p1, w.mu,
-                        w.scale, w.offset, w.b);
-            } else {
-                kernels.planesNormalize(w.dy, w.dx, channels, spatial, p0, p1, w.zero, w.scale,
-                        w.zero);
-            }
+            kernels.planesGradientInput(withMean ? w.x : null, w.dy, w.mask, w.dx, w.dresidual,
+                    channels, spatial, p0, p1, w.mu, w.scale, w.offset, withMean ? w.b : w.zero);
         }
         if (far > 0) {
             finishFar(w, withMean ? w.x : null, w.dx, c0, c1);
@@ -585,13 +683,52 @@ public final class BatchNormEngine {
             }
             double mean = w.farMean[c], a = w.farA[c], b = w.farB[c], cc = w.farC[c];
             for (long j = 0; j < m; j++) {
-                long i = nchw ? ((j / spatial) * channels + c) * spatial + j % spatial : j * channels + c;
+                long i = elementIndex(c, j);
                 double v = out.getAtIndex(F32, i);
                 double r = x == null ? Math.fma(v - mean, a, b)
                         : Math.fma(x.getAtIndex(F32, i) - mean, b, Math.fma(v, a, cc));
                 out.setAtIndex(F32, i, (float) r);
             }
         }
+    }
+
+    /**
+     * The fused forward's far channels in [c0, c1), before the pass: y = act(fl(fma(x - mean, a,
+     * b)) + residual) in element order, the transform in double rounded once, then the add and
+     * ReLU in float as in the kernels, into the scratch (allocated here: far channels are rare).
+     */
+    private void computeFar(Scratch w, MemorySegment x, int c0, int c1) {
+        for (int c = c0; c < c1; c++) {
+            if (!w.far[c]) {
+                continue;
+            }
+            float[] v = w.farValues[c] = new float[Math.toIntExact(m)];
+            double mean = w.farMean[c], a = w.farA[c], b = w.farB[c];
+            for (long j = 0; j < m; j++) {
+                long i = elementIndex(c, j);
+                float t = (float) Math.fma(x.getAtIndex(F32, i) - mean, a, b);
+                v[(int) j] = ScalarKernels.activate(t, w.residual, 4 * i, w.relu);
+            }
+        }
+    }
+
+    /** Writes what {@link #computeFar} computed over the kernels' outputs, and drops it. */
+    private void writeFar(Scratch w, MemorySegment y, int c0, int c1) {
+        for (int c = c0; c < c1; c++) {
+            float[] v = w.farValues[c];
+            if (!w.far[c] || v == null) {
+                continue;
+            }
+            for (long j = 0; j < m; j++) {
+                y.setAtIndex(F32, elementIndex(c, j), v[(int) j]);
+            }
+            w.farValues[c] = null;
+        }
+    }
+
+    /** The float index of channel c's j-th value (image-major, then spatial). */
+    private long elementIndex(int c, long j) {
+        return nchw ? ((j / spatial) * channels + c) * spatial + j % spatial : j * channels + c;
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
@@ -717,7 +854,15 @@ public final class BatchNormEngine {
          * parameter arrays.
          */
         MemorySegment x, y, dy, dx, mean, variance, dgamma, dbeta, in, out;
-        float[] tMu, tScale, tOffset;
+        float[] tMu, tScale, tOffset, tC;
+        /**
+         * The fused parts of the call: the residual added before the activation, ReLU or not;
+         * backward's mask (the forward output; null without ReLU) and the residual's gradient.
+         */
+        MemorySegment residual, mask, dresidual;
+        boolean relu;
+        /** The fused forward's far channels' outputs, between {@link #computeFar} and {@link #writeFar}. */
+        final float[][] farValues;
 
         Scratch(int channels, int chunks, int laneArrays) {
             g = new float[channels];
@@ -740,10 +885,14 @@ public final class BatchNormEngine {
             s2 = new double[chunks][channels];
             lanes = new double[laneArrays][channels * LANE_SLOTS];
             moments = new ChannelMoments(channels);
+            farValues = new float[channels][];
         }
 
         void endCall() {
             x = y = dy = dx = mean = variance = dgamma = dbeta = in = out = null;
+            residual = mask = dresidual = null;
+            relu = false;
+            java.util.Arrays.fill(farValues, null);
         }
 
         double[] clear(double[] v) {

@@ -21,7 +21,10 @@ import java.lang.foreign.MemorySegment;
  *       independent chains of additions per quantity at 512 bits, which the latency of double
  *       adds needs; a half row of 16 keeps the scalar tail of a 7x7 plane at 1.)</li>
  *   <li>NHWC reductions keep one double accumulator per channel that adds rows in order.</li>
- *   <li>Element-wise transforms use the same fused multiply-adds in every implementation.</li>
+ *   <li>Element-wise transforms use the same fused multiply-adds in every implementation, and
+ *       the same fused parts: the residual added to the normalised value and rounded once, then
+ *       ReLU as {@code v <= 0 ? +0 : v} (NaN kept with its bits, -0 made +0); backward's mask
+ *       {@code g = y <= 0 ? +0 : dy} (a NaN y passes dy, as PyTorch's threshold_backward).</li>
  * </ul>
  * Vector widths are hence free to differ: a 512-bit vector holds 8 of the 32 double lanes, a
  * 128-bit one 2.
@@ -58,9 +61,20 @@ public interface BatchNormKernels {
     void channelMoments(MemorySegment x, long base, long stride, int planes, long spatial,
                         double shift, double[] lanes, double[] s1, double[] s2, int c);
 
+    /**
+     * {@code y = act(fma(x - mean[c], scale[c], offset[c]) + residual)} over planes [p0, p1):
+     * without a residual (null) no add, act the identity or, with {@code relu},
+     * {@code v <= 0 ? +0 : v}. {@code y} may be {@code x} or {@code residual}.
+     */
+    void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                         int channels, long spatial, int p0, int p1, float[] mean,
+                         float[] scale, float[] offset);
+
     /** {@code y = fma(x - mean[c], scale[c], offset[c])} over planes [p0, p1). */
-    void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial, int p0,
-                         int p1, float[] mean, float[] scale, float[] offset);
+    default void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
+                                 int p0, int p1, float[] mean, float[] scale, float[] offset) {
+        planesNormalize(x, null, y, false, channels, spatial, p0, p1, mean, scale, offset);
+    }
 
     /**
      * The gradient sums' counterpart of {@link #channelMoments}: {@code dy} to the first lanes
@@ -70,10 +84,22 @@ public interface BatchNormKernels {
                              int planes, long spatial, double mean, double[] lanes, double[] sumDy,
                              double[] sumDyXmu, int c);
 
+    /**
+     * {@code dx = fma(x - mean[c], b[c], fma(g, a[c], c[c]))} over planes [p0, p1), with
+     * {@code g = y <= 0 ? +0 : dy} where the mask {@code y} is given, else {@code g = dy};
+     * {@code dresidual = g} where given. Without {@code x} (null: the frozen form)
+     * {@code dx = fma(g, a[c], c[c])}. {@code dx} and {@code dresidual} may be {@code dy}.
+     */
+    void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                             MemorySegment dresidual, int channels, long spatial, int p0, int p1,
+                             float[] mean, float[] a, float[] b, float[] c);
+
     /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over planes [p0, p1). */
-    void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
-                             long spatial, int p0, int p1, float[] mean, float[] a, float[] b,
-                             float[] c);
+    default void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
+                                     int channels, long spatial, int p0, int p1, float[] mean,
+                                     float[] a, float[] b, float[] c) {
+        planesGradientInput(x, dy, null, dx, null, channels, spatial, p0, p1, mean, a, b, c);
+    }
 
     // ---- NHWC: rows [row0, row1) of 'channels' floats, channels [c0, c1) ----
 
@@ -85,9 +111,16 @@ public interface BatchNormKernels {
     void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
                     double[] shift, double[] s1, double[] s2);
 
+    /** As {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, int, int, float[], float[], float[])}, over rows [row0, row1), channels [c0, c1). */
+    void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                      int channels, long row0, long row1, int c0, int c1, float[] mean,
+                      float[] scale, float[] offset);
+
     /** {@code y = fma(x - mean[c], scale[c], offset[c])} over rows [row0, row1), channels [c0, c1). */
-    void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1, int c0,
-                      int c1, float[] mean, float[] scale, float[] offset);
+    default void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
+                              int c0, int c1, float[] mean, float[] scale, float[] offset) {
+        rowNormalize(x, null, y, false, channels, row0, row1, c0, c1, mean, scale, offset);
+    }
 
     /**
      * Per-channel gradient sums over rows [row0, row1): {@code sumDy[c] = sum(dy)},
@@ -96,8 +129,28 @@ public interface BatchNormKernels {
     void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0, long row1,
                          int c0, int c1, double[] mean, double[] sumDy, double[] sumDyXmu);
 
+    /** As {@link #planesGradientInput(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, int, long, int, int, float[], float[], float[], float[])}, over rows [row0, row1), channels [c0, c1). */
+    void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                          MemorySegment dresidual, int channels, long row0, long row1, int c0,
+                          int c1, float[] mean, float[] a, float[] b, float[] c);
+
     /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over rows [row0, row1). */
-    void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
-                          long row0, long row1, int c0, int c1, float[] mean, float[] a,
-                          float[] b, float[] c);
+    default void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+                                  long row0, long row1, int c0, int c1, float[] mean, float[] a,
+                                  float[] b, float[] c) {
+        rowGradientInput(x, dy, null, dx, null, channels, row0, row1, c0, c1, mean, a, b, c);
+    }
+
+    // ---- Fused ReLU's backward: the gradient sums of g = (y <= 0 ? +0 : dy) in place of dy.
+    // ---- MERGE NOTE: a stop-gap pair beside the reductions being redesigned, to fold into them.
+
+    /** {@link #planesGradientSums} of g = (y <= 0 ? +0 : dy), with the same lanes and order. */
+    void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y, int channels,
+                                  long spatial, int p0, int p1, double[] mean, double[] sumDy,
+                                  double[] sumDyXmu);
+
+    /** {@link #rowGradientSums} of g = (y <= 0 ? +0 : dy), each channel adding its rows in order. */
+    void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y, int channels,
+                               long row0, long row1, int c0, int c1, double[] mean,
+                               double[] sumDy, double[] sumDyXmu);
 }

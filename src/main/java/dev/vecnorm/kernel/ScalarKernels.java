@@ -18,6 +18,9 @@ public final class ScalarKernels implements BatchNormKernels {
      * nothing (these loops call nothing that takes it again).
      */
     private static final ThreadLocal<double[]> RUN = ThreadLocal.withInitial(() -> new double[LANE_SLOTS]);
+    /** The masked sums' per-plane lanes ([2, 66); MERGE NOTE: goes with them). */
+    static final int SCRATCH = 2 + 2 * LANES;
+    static final ThreadLocal<double[]> PLANE_SCRATCH = ThreadLocal.withInitial(() -> new double[SCRATCH]);
 
     @Override
     public String description() {
@@ -54,19 +57,51 @@ public final class ScalarKernels implements BatchNormKernels {
         }
     }
 
-    private static void planeNormalize(MemorySegment x, MemorySegment y, long base, long spatial,
-                                       float mean, float scale, float offset) {
+    private static void planeNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
+                                       boolean relu, long base, long spatial, float mean,
+                                       float scale, float offset) {
         for (long s = 0; s < spatial; s++) {
             long at = base + 4 * s;
-            y.set(F32, at, Math.fma(x.get(F32, at) - mean, scale, offset));
+            y.set(F32, at, activate(Math.fma(x.get(F32, at) - mean, scale, offset), residual, at, relu));
         }
     }
 
+    /**
+     * The forward's fused part on one value: {@code v + residual} rounded once (when there is a
+     * residual), then with {@code relu} {@code v <= 0 ? +0 : v}, which keeps a NaN with its bits
+     * and turns -0 into +0 (the vector kernels' compare and blend do the same).
+     */
+    static float activate(float v, MemorySegment residual, long at, boolean relu) {
+        if (residual != null) {
+            v += residual.get(F32, at);
+        }
+        return relu && v <= 0f ? 0f : v;
+    }
+
+    /**
+     * dx at byte offset {@code at}: g = dy, or 0 where the mask y is {@code <= 0}; dresidual = g;
+     * dx = fma(x - mean, b, fma(g, a, c)), or fma(g, a, c) without x.
+     */
+    static void gradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                              MemorySegment dresidual, long at, float mean, float a, float b,
+                              float c) {
+        float g = dy.get(F32, at);
+        if (y != null && y.get(F32, at) <= 0f) {
+            g = 0f;
+        }
+        if (dresidual != null) {
+            dresidual.set(F32, at, g);
+        }
+        float inner = Math.fma(g, a, c);
+        dx.set(F32, at, x == null ? inner : Math.fma(x.get(F32, at) - mean, b, inner));
+    }
+
     @Override
-    public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
-                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
+    public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
+                                boolean relu, int channels, long spatial, int p0, int p1,
+                                float[] mean, float[] scale, float[] offset) {
         for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeNormalize(x, y, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
+            planeNormalize(x, residual, y, relu, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
             if (++c == channels) {
                 c = 0;
             }
@@ -108,22 +143,15 @@ public final class ScalarKernels implements BatchNormKernels {
         }
     }
 
-    private static void planeGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                           long base, long spatial, float mean, float a, float b,
-                                           float c) {
-        for (long s = 0; s < spatial; s++) {
-            long at = base + 4 * s;
-            float g = dy.get(F32, at);
-            dx.set(F32, at, Math.fma(x.get(F32, at) - mean, b, Math.fma(g, a, c)));
-        }
-    }
-
     @Override
-    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                    int channels, long spatial, int p0, int p1, float[] mean,
-                                    float[] a, float[] b, float[] c) {
+    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                    MemorySegment dx, MemorySegment dresidual, int channels,
+                                    long spatial, int p0, int p1, float[] mean, float[] a,
+                                    float[] b, float[] c) {
         for (int p = p0, ch = p0 % channels; p < p1; p++) {
-            planeGradientInput(x, dy, dx, 4L * p * spatial, spatial, mean[ch], a[ch], b[ch], c[ch]);
+            for (long at = 4L * p * spatial, end = at + 4 * spatial; at < end; at += 4) {
+                gradientInput(x, dy, y, dx, dresidual, at, mean[ch], a[ch], b[ch], c[ch]);
+            }
             if (++ch == channels) {
                 ch = 0;
             }
@@ -148,13 +176,14 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
-                             int c0, int c1, float[] mean, float[] scale, float[] offset) {
+    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                             int channels, long row0, long row1, int c0, int c1, float[] mean,
+                             float[] scale, float[] offset) {
         for (long r = row0; r < row1; r++) {
             long base = r * channels * 4L;
             for (int c = c0; c < c1; c++) {
                 long at = base + 4L * c;
-                y.set(F32, at, Math.fma(x.get(F32, at) - mean[c], scale[c], offset[c]));
+                y.set(F32, at, activate(Math.fma(x.get(F32, at) - mean[c], scale[c], offset[c]), residual, at, relu));
             }
         }
     }
@@ -180,15 +209,69 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+    public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                 MemorySegment dx, MemorySegment dresidual, int channels,
                                  long row0, long row1, int c0, int c1, float[] mean, float[] a,
                                  float[] b, float[] c) {
         for (long r = row0; r < row1; r++) {
             long base = r * channels * 4L;
             for (int ch = c0; ch < c1; ch++) {
-                long at = base + 4L * ch;
-                float g = dy.get(F32, at);
-                dx.set(F32, at, Math.fma(x.get(F32, at) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
+                gradientInput(x, dy, y, dx, dresidual, base + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
+            }
+        }
+    }
+
+    // ---- Masked gradient sums (fused ReLU's backward). MERGE NOTE: copies of planesGradientSums
+    // ---- and rowGradientSums with g = (y <= 0 ? 0 : dy) in place of dy, to fold into the
+    // ---- reduction redesign.
+
+    @Override
+    public void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                         int channels, long spatial, int p0, int p1,
+                                         double[] mean, double[] sumDy, double[] sumDyXmu) {
+        double[] t = PLANE_SCRATCH.get();
+        for (int p = p0, c = p0 % channels; p < p1; p++) {
+            long base = 4L * p * spatial;
+            java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
+            long body = spatial - spatial % TAIL_GRANULE;
+            double t1 = 0, t2 = 0;
+            for (long s = 0; s < spatial; s++) {
+                long at = base + 4 * s;
+                double g = y.get(F32, at) <= 0f ? 0.0 : dy.get(F32, at);
+                double d = (double) x.get(F32, at) - mean[c];
+                if (s < body) {
+                    int lane = 2 + (int) (s % LANES);
+                    t[lane] += g;
+                    t[LANES + lane] = Math.fma(d, g, t[LANES + lane]);
+                } else {
+                    t1 += g;
+                    t2 = Math.fma(d, g, t2);
+                }
+            }
+            sumDy[c] += LaneTree.combine(t, 2, t1);
+            sumDyXmu[c] += LaneTree.combine(t, 2 + LANES, t2);
+            if (++c == channels) {
+                c = 0;
+            }
+        }
+    }
+
+    @Override
+    public void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                      int channels, long row0, long row1, int c0, int c1,
+                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
+        for (int c = c0; c < c1; c++) {
+            sumDy[c] = 0;
+            sumDyXmu[c] = 0;
+        }
+        for (long r = row0; r < row1; r++) {
+            long base = r * channels * 4L;
+            for (int c = c0; c < c1; c++) {
+                long at = base + 4L * c;
+                double g = y.get(F32, at) <= 0f ? 0.0 : dy.get(F32, at);
+                double d = (double) x.get(F32, at) - mean[c];
+                sumDy[c] += g;
+                sumDyXmu[c] = Math.fma(d, g, sumDyXmu[c]);
             }
         }
     }

@@ -5,9 +5,9 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 /**
@@ -32,6 +32,9 @@ import jdk.incubator.vector.VectorSpecies;
  * loads are written out too: a {@code load(segment, offset)} helper was refused the same way in
  * the NCHW plane stream.
  * Other widths (128 bits, for tests) keep the lanes in an array ({@code momentsAnyWidth}).
+ *
+ * <p>This class holds the reductions; the element-wise passes (y, dx) are in
+ * {@link VectorTransforms}, to which the transform methods delegate.
  */
 final class VectorKernels implements BatchNormKernels {
 
@@ -41,6 +44,11 @@ final class VectorKernels implements BatchNormKernels {
     static final VectorSpecies<Float> HALF = VectorShape.forBitSize(BITS / 2).withLanes(float.class);
     private static final int FL = FLOATS.length();
     static final int DL = DOUBLES.length();
+    /** The masked sums' per-plane loops (MERGE NOTE: they go with them). */
+    private static final long ROW_BYTES = 4L * VIRTUAL_LANES;
+    private static final VectorShuffle<Double> HALF_UP = VectorShuffle.iota(DOUBLES, DL / 2, 1, true);
+    private static final VectorShuffle<Double> QUARTER_UP = VectorShuffle.iota(DOUBLES, Math.max(1, DL / 4), 1, true);
+    private static final VectorShuffle<Double> EIGHTH_UP = VectorShuffle.iota(DOUBLES, Math.max(1, DL / 8), 1, true);
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final VectorOperators.Conversion<Float, Double> F2D = VectorOperators.F2D;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
@@ -51,11 +59,7 @@ final class VectorKernels implements BatchNormKernels {
      */
     private static final int ROW_BLOCK = 4;
     private static final int WIDE_ROW_BLOCK = 8;
-    private static final int WIDE_ROW_CHANNELS = 1024;
-    /** NHWC transforms over many channels: rows per block of the grouped walk. */
-    private static final int GROUP_ROWS = 8;
-    /** ... and the most bytes of x a call may span to take that walk (see {@code grouped}). */
-    private static final long GROUPED_MAX_BYTES = 24L * 1024 * 1024;
+    static final int WIDE_ROW_CHANNELS = 1024;
     /**
      * NHWC reductions at 512 bits keep 64 channels' accumulators in registers and walk the rows
      * once per group of 64 channels, in blocks of {@link #BLOCK_BYTES}, every group walking a block
@@ -132,8 +136,6 @@ final class VectorKernels implements BatchNormKernels {
         return Math.max(1, bytes / rowBytes);
     }
 
-    /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
-    private static final ScalarKernels SCALAR = new ScalarKernels();
 
     private final String description;
 
@@ -184,102 +186,11 @@ final class VectorKernels implements BatchNormKernels {
         VectorReductions.channelMoments(x, base, stride, planes, spatial, shift, lanes, s1, s2, c);
     }
 
-    /**
-     * Planes in memory order, as one flat stream of vectors: a vector that straddles two planes
-     * takes the second plane's parameters in its upper lanes (a blend under a mask), so there is
-     * no per-plane remainder or scalar tail (a 7x7 plane is 49 floats). Needs planes of at least
-     * one vector. Two loop shapes give the same bits; which is faster was measured (Zen 4,
-     * 50 x C x H x W, one thread): out of place, blending parameters for every vector
-     * ({@link #normalizeStream}) beat plain runs of vectors at every plane size (7x7: 0.18 vs
-     * 0.25 ms, 56x56: 2.4-2.7 vs 3.0-3.6 ms); in place, where no store has to fetch its line
-     * first, plain runs with a blend only at plane boundaries ({@link #normalizeRuns}) won from
-     * 14x14 planes on (28x28: 0.43-0.46 vs 0.78-0.80 ms) and lost on 7x7.
-     */
     @Override
-    public void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
-                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
-        if (spatial < FL) {
-            SCALAR.planesNormalize(x, y, channels, spatial, p0, p1, mean, scale, offset);
-        } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && x.equals(y)) {
-            normalizeRuns(x, y, channels, spatial, p0, p1, mean, scale, offset);
-        } else {
-            normalizeStream(x, y, channels, spatial, p0, p1, mean, scale, offset);
-        }
-    }
-
-    /**
-     * The stream with the parameters blended for every vector. The range ends on a plane
-     * boundary, so what is left after the last full vector (fewer than FL floats) belongs to the
-     * last plane.
-     */
-    private static void normalizeStream(MemorySegment x, MemorySegment y, int channels,
-                                        long spatial, int p0, int p1, float[] mean,
-                                        float[] scale, float[] offset) {
-        long end = 4L * p1 * spatial;
-        long o = 4L * p0 * spatial;
-        int c = p0 % channels;
-        long left = spatial;                       // floats of plane c from o on
-        for (; o <= end - 4L * FL; o += 4L * FL) {
-            int next = c + 1 == channels ? 0 : c + 1;
-            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
-            FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
-            FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
-            FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
-            boolean crossed = left <= FL;
-            left = crossed ? left + spatial - FL : left - FL;
-            c = crossed ? next : c;
-        }
-        for (; o < end; o += 4) {
-            y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
-        }
-    }
-
-    /** The stream as runs of whole vectors per plane, a blended vector only where planes meet. */
-    private static void normalizeRuns(MemorySegment x, MemorySegment y, int channels,
-                                      long spatial, int p0, int p1, float[] mean, float[] scale,
-                                      float[] offset) {
-        long end = 4L * p1 * spatial;
-        long o = 4L * p0 * spatial;
-        int c = p0 % channels;
-        long left = spatial;                       // floats of plane c from o on
-        FloatVector m = FloatVector.broadcast(FLOATS, mean[c]);
-        FloatVector a = FloatVector.broadcast(FLOATS, scale[c]);
-        FloatVector b = FloatVector.broadcast(FLOATS, offset[c]);
-        while (true) {
-            int whole = (int) (left / FL);
-            for (int i = 0; i < whole; i++) {
-                long v = o + (long) i * (4 * FL);
-                FloatVector.fromMemorySegment(FLOATS, x, v, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, v, NATIVE);
-            }
-            o += (long) whole * (4 * FL);
-            left -= (long) whole * FL;
-            if (o == end) {
-                return;
-            }
-            if (o + 4 * left == end) {             // the last plane's end: no next plane to blend
-                for (; o < end; o += 4) {
-                    y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
-                }
-                return;
-            }
-            int next = c + 1 == channels ? 0 : c + 1;
-            FloatVector mn = FloatVector.broadcast(FLOATS, mean[next]);
-            FloatVector an = FloatVector.broadcast(FLOATS, scale[next]);
-            FloatVector bn = FloatVector.broadcast(FLOATS, offset[next]);
-            if (left > 0) {
-                VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << left);
-                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m.blend(mn, upper)).fma(a.blend(an, upper), b.blend(bn, upper)).intoMemorySegment(y, o, NATIVE);
-                o += 4L * FL;
-                left += spatial - FL;
-            } else {
-                left = spatial;
-            }
-            c = next;
-            m = mn;
-            a = an;
-            b = bn;
-        }
+    public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
+                                boolean relu, int channels, long spatial, int p0, int p1,
+                                float[] mean, float[] scale, float[] offset) {
+        VectorTransforms.planesNormalize(x, residual, y, relu, channels, spatial, p0, p1, mean, scale, offset);
     }
 
     @Override
@@ -291,34 +202,11 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     @Override
-    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                    int channels, long spatial, int p0, int p1, float[] mean,
-                                    float[] a, float[] b, float[] c) {
-        if (spatial < FL) {
-            SCALAR.planesGradientInput(x, dy, dx, channels, spatial, p0, p1, mean, a, b, c);
-            return;
-        }
-        long end = 4L * p1 * spatial;
-        long o = 4L * p0 * spatial;
-        int ch = p0 % channels;
-        long left = spatial;                       // floats of plane ch from o on
-        for (; o <= end - 4L * FL; o += 4L * FL) {
-            int next = ch + 1 == channels ? 0 : ch + 1;
-            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
-            FloatVector m = FloatVector.broadcast(FLOATS, mean[ch]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
-            FloatVector av = FloatVector.broadcast(FLOATS, a[ch]).blend(FloatVector.broadcast(FLOATS, a[next]), upper);
-            FloatVector bv = FloatVector.broadcast(FLOATS, b[ch]).blend(FloatVector.broadcast(FLOATS, b[next]), upper);
-            FloatVector cv = FloatVector.broadcast(FLOATS, c[ch]).blend(FloatVector.broadcast(FLOATS, c[next]), upper);
-            FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
-            boolean crossed = left <= FL;
-            left = crossed ? left + spatial - FL : left - FL;
-            ch = crossed ? next : ch;
-        }
-        for (; o < end; o += 4) {
-            float g = dy.get(F32, o);
-            dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
-        }
+    public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                    MemorySegment dx, MemorySegment dresidual, int channels,
+                                    long spatial, int p0, int p1, float[] mean, float[] a,
+                                    float[] b, float[] c) {
+        VectorTransforms.planesGradientInput(x, dy, y, dx, dresidual, channels, spatial, p0, p1, mean, a, b, c);
     }
 
     // ------------------------------------------------------------------------------------ NHWC
@@ -463,200 +351,10 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
-                             int c0, int c1, float[] mean, float[] scale, float[] offset) {
-        if (FL == 16 && channels == 64 && c0 == 0 && c1 == 64) {
-            normalize64(x, y, row0, row1, mean, scale, offset);
-            return;
-        }
-        if (FL == 16 && channels == 128 && c0 == 0 && c1 == 128) {
-            normalize128(x, y, row0, row1, mean, scale, offset);
-            return;
-        }
-        long rowBytes = 4L * channels;
-        if (grouped(channels, c0, c1, row0, row1, x.equals(y))) {
-            long blocked = row0 + (row1 - row0) / GROUP_ROWS * GROUP_ROWS;
-            normalizeGrouped(x, y, rowBytes, row0, blocked, channels, mean, scale, offset);
-            row0 = blocked;
-        } else if (channels >= WIDE_ROW_CHANNELS) {
-            long blocked = row0 + (row1 - row0) / 4 * 4;
-            normalizeRows4(x, y, rowBytes, row0, blocked, c0, c1, mean, scale, offset);
-            row0 = blocked;
-        }
-        int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        for (long r = row0; r < row1; r++) {
-            long base = r * rowBytes;
-            for (int c = c0; c < vectorEnd; c += FL) {
-                long o = base + 4L * c;
-                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
-                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
-                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b).intoMemorySegment(y, o, NATIVE);
-            }
-            for (int c = vectorEnd; c < c1; c++) {
-                long o = base + 4L * c;
-                y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
-            }
-        }
-    }
-
-    /**
-     * Rows [row0, row1), a multiple of 4 of them, four rows per load of the three parameter
-     * vectors (as {@link #gradientInputRows4} for dx). From {@link #WIDE_ROW_CHANNELS} channels
-     * the parameters take 12 KiB or more, and loaded for every row they share L1 with the
-     * tensors' lines. Measured against that loop (one thread, y alone): 50x2048x14x14 11.2-11.6
-     * -> 7.2-8.3 ms, 50x4096x7x7 5.4-6.7 -> 3.0-3.3 ms, 50x1024x14x14 about the same; in place
-     * 1.80x, 2.10x on [2048, 4096], 1.09x. Against the grouped walk, which took these widths
-     * before where it applies (in-JVM A/B of the kernel): out of place 1.22x on 8x1024x7x7,
-     * 1.26x on 4x2048x7x7, 1.06x on 50x2048x7x7, 1.01x on 20x1024x7x7; but in place the grouped
-     * walk stays 1.4-1.5x faster, and keeps that case. The four rows are loaded before any is
-     * stored: rows of 1024 or 2048 floats are 4 or 8 KiB apart, so with x and y equally aligned
-     * a store to one row and the load of the next share their low 12 address bits, and the core
-     * held the load back behind the store (JMH, 50x1024x14x14, interleaved: 4.11 +- 0.35 ms;
-     * loads first: 3.46 +- 0.54, row at a time 3.35 +- 0.29; 50x2048x7x7 inference 1.47 -> 1.23
-     * ms against the row at a time, in place 2.31 -> 2.16 ms on 50x1024x14x14).
-     */
-    private static void normalizeRows4(MemorySegment x, MemorySegment y, long rowBytes, long row0,
-                                       long row1, int c0, int c1, float[] mean, float[] scale,
-                                       float[] offset) {
-        int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        for (long r = row0; r < row1; r += 4) {
-            long base = r * rowBytes;
-            for (int c = c0; c < vectorEnd; c += FL) {
-                long o0 = base + 4L * c, o1 = o0 + rowBytes, o2 = o1 + rowBytes, o3 = o2 + rowBytes;
-                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
-                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
-                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE);
-                FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE);
-                FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o2, NATIVE);
-                FloatVector v3 = FloatVector.fromMemorySegment(FLOATS, x, o3, NATIVE);
-                v0.sub(m).fma(a, b).intoMemorySegment(y, o0, NATIVE);
-                v1.sub(m).fma(a, b).intoMemorySegment(y, o1, NATIVE);
-                v2.sub(m).fma(a, b).intoMemorySegment(y, o2, NATIVE);
-                v3.sub(m).fma(a, b).intoMemorySegment(y, o3, NATIVE);
-            }
-            for (int c = vectorEnd; c < c1; c++) {
-                for (long o = base + 4L * c, e = o + 4 * rowBytes; o < e; o += rowBytes) {
-                    y.set(F32, o, Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]));
-                }
-            }
-        }
-    }
-
-    /**
-     * 64 channels (512 bits): the 12 parameter vectors stay in registers and a row is 4 vectors
-     * without an inner loop. Measured against the general loop (50x64x56x56, one thread): in
-     * place 1.35-1.49 vs 2.5-2.7 ms, 4x64x56x56 (cache-resident) 0.072 vs 0.194 ms, out of place
-     * from memory 3.5-3.7 vs 3.8-4.8 ms.
-     */
-    private static void normalize64(MemorySegment x, MemorySegment y, long row0, long row1,
-                                    float[] mean, float[] scale, float[] offset) {
-        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
-        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
-        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
-        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
-        FloatVector a0 = FloatVector.fromArray(FLOATS, scale, 0);
-        FloatVector a1 = FloatVector.fromArray(FLOATS, scale, 16);
-        FloatVector a2 = FloatVector.fromArray(FLOATS, scale, 32);
-        FloatVector a3 = FloatVector.fromArray(FLOATS, scale, 48);
-        FloatVector b0 = FloatVector.fromArray(FLOATS, offset, 0);
-        FloatVector b1 = FloatVector.fromArray(FLOATS, offset, 16);
-        FloatVector b2 = FloatVector.fromArray(FLOATS, offset, 32);
-        FloatVector b3 = FloatVector.fromArray(FLOATS, offset, 48);
-        for (long o = row0 * 256, end = row1 * 256; o < end; o += 256) {
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
-        }
-    }
-
-    /** As {@link #normalize64} for 128 channels: 24 parameter vectors, a row is 8 vectors. */
-    private static void normalize128(MemorySegment x, MemorySegment y, long row0, long row1,
-                                     float[] mean, float[] scale, float[] offset) {
-        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
-        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
-        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
-        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
-        FloatVector m4 = FloatVector.fromArray(FLOATS, mean, 64);
-        FloatVector m5 = FloatVector.fromArray(FLOATS, mean, 80);
-        FloatVector m6 = FloatVector.fromArray(FLOATS, mean, 96);
-        FloatVector m7 = FloatVector.fromArray(FLOATS, mean, 112);
-        FloatVector a0 = FloatVector.fromArray(FLOATS, scale, 0);
-        FloatVector a1 = FloatVector.fromArray(FLOATS, scale, 16);
-        FloatVector a2 = FloatVector.fromArray(FLOATS, scale, 32);
-        FloatVector a3 = FloatVector.fromArray(FLOATS, scale, 48);
-        FloatVector a4 = FloatVector.fromArray(FLOATS, scale, 64);
-        FloatVector a5 = FloatVector.fromArray(FLOATS, scale, 80);
-        FloatVector a6 = FloatVector.fromArray(FLOATS, scale, 96);
-        FloatVector a7 = FloatVector.fromArray(FLOATS, scale, 112);
-        FloatVector b0 = FloatVector.fromArray(FLOATS, offset, 0);
-        FloatVector b1 = FloatVector.fromArray(FLOATS, offset, 16);
-        FloatVector b2 = FloatVector.fromArray(FLOATS, offset, 32);
-        FloatVector b3 = FloatVector.fromArray(FLOATS, offset, 48);
-        FloatVector b4 = FloatVector.fromArray(FLOATS, offset, 64);
-        FloatVector b5 = FloatVector.fromArray(FLOATS, offset, 80);
-        FloatVector b6 = FloatVector.fromArray(FLOATS, offset, 96);
-        FloatVector b7 = FloatVector.fromArray(FLOATS, offset, 112);
-        for (long o = row0 * 512, end = row1 * 512; o < end; o += 512) {
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 256, NATIVE).sub(m4).fma(a4, b4).intoMemorySegment(y, o + 256, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 320, NATIVE).sub(m5).fma(a5, b5).intoMemorySegment(y, o + 320, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 384, NATIVE).sub(m6).fma(a6, b6).intoMemorySegment(y, o + 384, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 448, NATIVE).sub(m7).fma(a7, b7).intoMemorySegment(y, o + 448, NATIVE);
-        }
-    }
-
-    /**
-     * NHWC transforms over many channels (512 or more, in groups of 64; from {@link
-     * #WIDE_ROW_CHANNELS} on only in place, as out of place {@link #normalizeRows4} wins) in a
-     * range that the caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block
-     * each group of 64 channels keeps its parameters in registers across the block's rows,
-     * instead of reloading three parameter vectors per data vector. Measured (one thread,
-     * probe): 50x2048x7x7 normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms;
-     * 50x512x7x7 0.17-0.19 -> 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place)
-     * the column walk through the block lost up to 1.5x, hence the size limit {@link
-     * #GROUPED_MAX_BYTES}. The same walk for dx (16 parameter vectors per group) was slower:
-     * 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
-     */
-    private static boolean grouped(int channels, int c0, int c1, long row0, long row1,
-                                   boolean inPlace) {
-        return FL == 16 && channels >= 512 && (channels < WIDE_ROW_CHANNELS || inPlace)
-                && channels % 64 == 0 && c0 == 0 && c1 == channels
-                && (row1 - row0) * 4L * channels <= GROUPED_MAX_BYTES;
-    }
-
-    private static void normalizeGrouped(MemorySegment x, MemorySegment y, long rowBytes,
-                                         long row0, long row1, int channels, float[] mean,
-                                         float[] scale, float[] offset) {
-        for (long r = row0; r < row1; r += GROUP_ROWS) {
-            long base = r * rowBytes;
-            for (int c = 0; c < channels; c += 64) {
-                FloatVector m0 = FloatVector.fromArray(FLOATS, mean, c);
-                FloatVector m1 = FloatVector.fromArray(FLOATS, mean, c + 16);
-                FloatVector m2 = FloatVector.fromArray(FLOATS, mean, c + 32);
-                FloatVector m3 = FloatVector.fromArray(FLOATS, mean, c + 48);
-                FloatVector a0 = FloatVector.fromArray(FLOATS, scale, c);
-                FloatVector a1 = FloatVector.fromArray(FLOATS, scale, c + 16);
-                FloatVector a2 = FloatVector.fromArray(FLOATS, scale, c + 32);
-                FloatVector a3 = FloatVector.fromArray(FLOATS, scale, c + 48);
-                FloatVector b0 = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector b1 = FloatVector.fromArray(FLOATS, offset, c + 16);
-                FloatVector b2 = FloatVector.fromArray(FLOATS, offset, c + 32);
-                FloatVector b3 = FloatVector.fromArray(FLOATS, offset, c + 48);
-                long o = base + 4L * c;
-                for (int i = 0; i < GROUP_ROWS; i++, o += rowBytes) {
-                    FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0).intoMemorySegment(y, o, NATIVE);
-                    FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1).intoMemorySegment(y, o + 64, NATIVE);
-                    FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2).intoMemorySegment(y, o + 128, NATIVE);
-                    FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3).intoMemorySegment(y, o + 192, NATIVE);
-                }
-            }
-        }
+    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                             int channels, long row0, long row1, int c0, int c1, float[] mean,
+                             float[] scale, float[] offset) {
+        VectorTransforms.rowNormalize(x, residual, y, relu, channels, row0, row1, c0, c1, mean, scale, offset);
     }
 
     @Override
@@ -798,114 +496,182 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,
+    public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                 MemorySegment dx, MemorySegment dresidual, int channels,
                                  long row0, long row1, int c0, int c1, float[] mean, float[] a,
                                  float[] b, float[] c) {
-        if (FL == 16 && channels == 64 && c0 == 0 && c1 == 64) {
-            gradientInput64(x, dy, dx, row0, row1, mean, a, b, c);
+        VectorTransforms.rowGradientInput(x, dy, y, dx, dresidual, channels, row0, row1, c0, c1, mean, a, b, c);
+    }
+
+    // ---- Masked gradient sums (fused ReLU's backward). MERGE NOTE: copies of gradientSums4,
+    // ---- gradientSumsAnyWidth and rowGradientSums' general loop with g = (y <= 0 ? +0 : dy) in
+    // ---- place of dy, kept apart for the reduction redesign to fold in. 256 bits take the
+    // ---- any-width loop here, and NHWC has no register or read-ahead path, so these can be
+    // ---- slower than the plain sums on those widths and shapes.
+
+    private static final ScalarKernels SCALAR_MASKED = new ScalarKernels();
+
+    @Override
+    public void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                         int channels, long spatial, int p0, int p1,
+                                         double[] mean, double[] sumDy, double[] sumDyXmu) {
+        if (DL == 2) {
+            // See rowGradientSumsMasked: the same allocation at 128 bits, the same remedy.
+            SCALAR_MASKED.planesGradientSumsMasked(x, dy, y, channels, spatial, p0, p1, mean, sumDy, sumDyXmu);
             return;
         }
-        long rowBytes = 4L * channels;
-        int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        if (channels > WIDE_ROW_CHANNELS) {
-            long blocked = row0 + (row1 - row0) / 4 * 4;
-            gradientInputRows4(x, dy, dx, rowBytes, row0, blocked, c0, c1, mean, a, b, c);
-            row0 = blocked;
+        long first = 4L * p0 * spatial, stride = 4L * spatial;
+        int c = p0 % channels;
+        if (DL == 8) {
+            gradientSumsMasked4(x, dy, y, first, stride, p1 - p0, spatial, channels, c, mean, sumDy, sumDyXmu);
+            return;
         }
-        for (long r = row0; r < row1; r++) {
-            long base = r * rowBytes;
-            for (int ch = c0; ch < vectorEnd; ch += FL) {
-                long o = base + 4L * ch;
-                FloatVector m = FloatVector.fromArray(FLOATS, mean, ch);
-                FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
-                FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
-                FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
-                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
-                FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, g.fma(av, cv)).intoMemorySegment(dx, o, NATIVE);
-            }
-            for (int ch = vectorEnd; ch < c1; ch++) {
-                long o = base + 4L * ch;
-                float g = dy.get(F32, o);
-                dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
+        double[] t = ScalarKernels.PLANE_SCRATCH.get();
+        for (int i = 0; i < p1 - p0; i++) {
+            gradientSumsMaskedAnyWidth(x, dy, y, first + i * stride, spatial, mean[c], t);
+            sumDy[c] += t[0];
+            sumDyXmu[c] += t[1];
+            if (++c == channels) {
+                c = 0;
             }
         }
     }
 
-    /**
-     * Rows [row0, row1), a multiple of 4 of them, four rows per load of the four parameter
-     * vectors. Above {@link #WIDE_ROW_CHANNELS} channels the parameters take more than 16 KiB,
-     * half of L1, and the row-at-a-time loop streams them from L2 along with three tensors'
-     * lines. Measured against it (in-JVM A/B of the whole backward, both orders, same bits):
-     * 50x2048x7x7 1.17-1.22x faster, 50x1536x7x7 and 8x1536x7x7 1.28x; at 1024 channels (16
-     * KiB) 50x1024x14x14 gained 1.02-1.04x but the cache-resident 8x1024x7x7 and 20x1024x7x7
-     * lost 8-24 %, hence the strict bound. Two rows per load gained less (dx alone on
-     * 50x2048x7x7: 2.6-3.2 against 2.3-2.6 ms), and slowed 512 channels. Loads before stores,
-     * as in {@link #normalizeRows4}: JMH 2 forks x 5 s, 50x2048x7x7 backward 5.82 +- 0.27 ms
-     * with the row at a time, 4.24 +- 0.09 ms so.
-     */
-    private static void gradientInputRows4(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                           long rowBytes, long row0, long row1, int c0, int c1,
-                                           float[] mean, float[] a, float[] b, float[] c) {
-        int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        for (long r = row0; r < row1; r += 4) {
-            long base = r * rowBytes;
-            for (int ch = c0; ch < vectorEnd; ch += FL) {
-                long o0 = base + 4L * ch, o1 = o0 + rowBytes, o2 = o1 + rowBytes, o3 = o2 + rowBytes;
-                FloatVector m = FloatVector.fromArray(FLOATS, mean, ch);
-                FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
-                FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
-                FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
-                FloatVector g0 = FloatVector.fromMemorySegment(FLOATS, dy, o0, NATIVE);
-                FloatVector g1 = FloatVector.fromMemorySegment(FLOATS, dy, o1, NATIVE);
-                FloatVector g2 = FloatVector.fromMemorySegment(FLOATS, dy, o2, NATIVE);
-                FloatVector g3 = FloatVector.fromMemorySegment(FLOATS, dy, o3, NATIVE);
-                FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE);
-                FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE);
-                FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o2, NATIVE);
-                FloatVector v3 = FloatVector.fromMemorySegment(FLOATS, x, o3, NATIVE);
-                v0.sub(m).fma(bv, g0.fma(av, cv)).intoMemorySegment(dx, o0, NATIVE);
-                v1.sub(m).fma(bv, g1.fma(av, cv)).intoMemorySegment(dx, o1, NATIVE);
-                v2.sub(m).fma(bv, g2.fma(av, cv)).intoMemorySegment(dx, o2, NATIVE);
-                v3.sub(m).fma(bv, g3.fma(av, cv)).intoMemorySegment(dx, o3, NATIVE);
-            }
-            for (int ch = vectorEnd; ch < c1; ch++) {
-                for (long o = base + 4L * ch, e = o + 4 * rowBytes; o < e; o += rowBytes) {
-                    float g = dy.get(F32, o);
-                    dx.set(F32, o, Math.fma(x.get(F32, o) - mean[ch], b[ch], Math.fma(g, a[ch], c[ch])));
+    /** {@link #gradientSums4} with the mask. */
+    private static void gradientSumsMasked4(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                            long first, long stride, int count, long spatial,
+                                            int channels, int c, double[] mean, double[] sumDy,
+                                            double[] sumDyXmu) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long halfBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        DoubleVector z = DoubleVector.zero(DOUBLES);
+        for (int i = 0; i < count; i++) {
+            long base = first + i * stride;
+            double mu = mean[c];
+            DoubleVector m = DoubleVector.broadcast(DOUBLES, mu);
+            DoubleVector s0 = z, s1 = z, s2 = z, s3 = z;
+            DoubleVector q0 = z, q1 = z, q2 = z, q3 = z;
+            long end = base + rowsBytes;
+            long half = base + halfBytes;
+            for (long o = base; o < half; o += ROW_BYTES) {
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+                g0 = g0.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                s0 = s0.add(g0);
+                q0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g0, q0);
+                DoubleVector g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
+                g1 = g1.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                s1 = s1.add(g1);
+                q1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g1, q1);
+                if (o == end) {
+                    break;                    // a half row: lanes 0..15
                 }
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
+                g2 = g2.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                s2 = s2.add(g2);
+                q2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 8L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g2, q2);
+                DoubleVector g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0));
+                g3 = g3.blend(0.0, ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                s3 = s3.add(g3);
+                q3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 12L * DL, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g3, q3);
+            }
+            double t1 = 0, t2 = 0;
+            for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+                double g = y.get(F32, o) <= 0f ? 0.0 : dy.get(F32, o);
+                double d = (double) x.get(F32, o) - mu;
+                t1 += g;
+                t2 = Math.fma(d, g, t2);
+            }
+            // LaneTree's order in registers: halves added lane by lane, then within the vector.
+            DoubleVector s = s0.add(s2).add(s1.add(s3));
+            s = s.add(s.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            s = s.add(s.rearrange(EIGHTH_UP));
+            DoubleVector q = q0.add(q2).add(q1.add(q3));
+            q = q.add(q.rearrange(HALF_UP));
+            q = q.add(q.rearrange(QUARTER_UP));
+            q = q.add(q.rearrange(EIGHTH_UP));
+            sumDy[c] += s.lane(0) + t1;
+            sumDyXmu[c] += q.lane(0) + t2;
+            if (++c == channels) {
+                c = 0;
             }
         }
     }
 
-    /** As {@link #normalize64}: 16 parameter vectors in registers, a row is 4 vectors. */
-    private static void gradientInput64(MemorySegment x, MemorySegment dy, MemorySegment dx,
-                                        long row0, long row1, float[] mean, float[] a, float[] b,
-                                        float[] c) {
-        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
-        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
-        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
-        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
-        FloatVector a0 = FloatVector.fromArray(FLOATS, a, 0);
-        FloatVector a1 = FloatVector.fromArray(FLOATS, a, 16);
-        FloatVector a2 = FloatVector.fromArray(FLOATS, a, 32);
-        FloatVector a3 = FloatVector.fromArray(FLOATS, a, 48);
-        FloatVector b0 = FloatVector.fromArray(FLOATS, b, 0);
-        FloatVector b1 = FloatVector.fromArray(FLOATS, b, 16);
-        FloatVector b2 = FloatVector.fromArray(FLOATS, b, 32);
-        FloatVector b3 = FloatVector.fromArray(FLOATS, b, 48);
-        FloatVector c0 = FloatVector.fromArray(FLOATS, c, 0);
-        FloatVector c1 = FloatVector.fromArray(FLOATS, c, 16);
-        FloatVector c2 = FloatVector.fromArray(FLOATS, c, 32);
-        FloatVector c3 = FloatVector.fromArray(FLOATS, c, 48);
-        for (long o = row0 * 256, end = row1 * 256; o < end; o += 256) {
-            FloatVector g0 = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(b0, g0.fma(a0, c0)).intoMemorySegment(dx, o, NATIVE);
-            FloatVector g1 = FloatVector.fromMemorySegment(FLOATS, dy, o + 64, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(b1, g1.fma(a1, c1)).intoMemorySegment(dx, o + 64, NATIVE);
-            FloatVector g2 = FloatVector.fromMemorySegment(FLOATS, dy, o + 128, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(b2, g2.fma(a2, c2)).intoMemorySegment(dx, o + 128, NATIVE);
-            FloatVector g3 = FloatVector.fromMemorySegment(FLOATS, dy, o + 192, NATIVE);
-            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(b3, g3.fma(a3, c3)).intoMemorySegment(dx, o + 192, NATIVE);
+    /** {@link #gradientSumsAnyWidth} with the mask. */
+    private static void gradientSumsMaskedAnyWidth(MemorySegment x, MemorySegment dy,
+                                                   MemorySegment y, long base, long spatial,
+                                                   double mean, double[] t) {
+        java.util.Arrays.fill(t, 2, ScalarKernels.SCRATCH, 0.0);
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        long half = base + 4 * (spatial - spatial % TAIL_GRANULE);
+        for (long o = base; o < half; o += 4L * DL) {
+            int lane = 2 + (int) ((o - base) / 4 % VIRTUAL_LANES);
+            DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+            g = g.blend(DoubleVector.zero(DOUBLES), ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+            DoubleVector.fromArray(DOUBLES, t, lane).add(g).intoArray(t, lane);
+            ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, DoubleVector.fromArray(DOUBLES, t, VIRTUAL_LANES + lane))
+                    .intoArray(t, VIRTUAL_LANES + lane);
+        }
+        double t1 = 0, t2 = 0;
+        for (long o = half, stop = base + 4 * spatial; o < stop; o += 4) {
+            double g = y.get(F32, o) <= 0f ? 0.0 : dy.get(F32, o);
+            double d = (double) x.get(F32, o) - mean;
+            t1 += g;
+            t2 = Math.fma(d, g, t2);
+        }
+        t[0] = LaneTree.combine(t, 2, t1);
+        t[1] = LaneTree.combine(t, 2 + VIRTUAL_LANES, t2);
+    }
+
+    @Override
+    public void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                      int channels, long row0, long row1, int c0, int c1,
+                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
+        if (DL == 2) {
+            // At 128 bits the masked loops allocated per call (8x64 rows: 70 KB; 2x16x5x7: 140
+            // KB): the 2-lane double compare and blend of the mask are boxed, where the float
+            // ones of the dx pass are not. The scalar loop gives the same bits (each channel adds
+            // its rows in order). MERGE NOTE: 128 bits is the width of NEON, not only of tests.
+            SCALAR_MASKED.rowGradientSumsMasked(x, dy, y, channels, row0, row1, c0, c1, mean, sumDy, sumDyXmu);
+            return;
+        }
+        for (int c = c0; c < c1; c++) {
+            sumDy[c] = 0;
+            sumDyXmu[c] = 0;
+        }
+        long rowBytes = 4L * channels;
+        int rowBlock = channels >= WIDE_ROW_CHANNELS ? WIDE_ROW_BLOCK : ROW_BLOCK;
+        int vectorEnd = c0 + (c1 - c0) / DL * DL;
+        for (long r = row0; r < row1; r += rowBlock) {
+            int rows = (int) Math.min(rowBlock, row1 - r);
+            long base = r * rowBytes;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                DoubleVector m = DoubleVector.fromArray(DOUBLES, mean, c);
+                DoubleVector a = DoubleVector.fromArray(DOUBLES, sumDy, c);
+                DoubleVector q = DoubleVector.fromArray(DOUBLES, sumDyXmu, c);
+                long o = base + 4L * c;
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+                    g = g.blend(DoubleVector.zero(DOUBLES), ((DoubleVector) FloatVector.fromMemorySegment(HALF, y, o, NATIVE).convertShape(F2D, DOUBLES, 0)).compare(VectorOperators.LE, 0.0));
+                    a = a.add(g);
+                    q = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).fma(g, q);
+                }
+                a.intoArray(sumDy, c);
+                q.intoArray(sumDyXmu, c);
+            }
+            for (int c = vectorEnd; c < c1; c++) {
+                long o = base + 4L * c;
+                double a = sumDy[c], q = sumDyXmu[c], m = mean[c];
+                for (int i = 0; i < rows; i++, o += rowBytes) {
+                    double g = y.get(F32, o) <= 0f ? 0.0 : dy.get(F32, o);
+                    double d = (double) x.get(F32, o) - m;
+                    a += g;
+                    q = Math.fma(d, g, q);
+                }
+                sumDy[c] = a;
+                sumDyXmu[c] = q;
+            }
         }
     }
 }

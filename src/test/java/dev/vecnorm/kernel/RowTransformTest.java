@@ -20,7 +20,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * and write exactly rows [row0, row1) x channels [c0, c1): the outputs start as NaN with a
  * payload (in place: as x), and everything outside the range must still hold it. The row ranges
  * start off a block boundary and end in a partial block; channel ranges inside the row take the
- * general loops.
+ * general loops. The fused forms (residual and ReLU, also over the residual in place; dx with
+ * the mask and dresidual, and without x as the frozen backward) go through the same loops.
  */
 class RowTransformTest {
 
@@ -60,16 +61,19 @@ class RowTransformTest {
             }
             int[][] v = transforms(VECTOR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
             int[][] s = transforms(SCALAR, arena, x, dy, e, channels, row0, row1, c0, c1, p);
-            String[] names = {"y", "dx", "y in place"};
+            String[] names = {"y", "dx", "y in place", "fused y", "fused y over the residual",
+                "masked dx", "dresidual", "frozen masked dx"};
             int[] xBits = x.toArray(ValueLayout.JAVA_INT);
-            for (int k = 0; k < 3; k++) {
+            int[] dyBits = dy.toArray(ValueLayout.JAVA_INT);
+            for (int k = 0; k < names.length; k++) {
                 assertArrayEquals(s[k], v[k], VECTOR.description() + ": " + names[k]);
                 for (long i = 0; i < e; i++) {
                     long row = i / channels;
                     int c = (int) (i % channels);
                     boolean inside = row >= row0 && row < row1 && c >= c0 && c < c1;
                     if (!inside) {
-                        assertEquals(k == 2 ? xBits[(int) i] : SENTINEL, v[k][(int) i], names[k]
+                        int before = k == 2 ? xBits[(int) i] : k == 4 ? dyBits[(int) i] : SENTINEL;
+                        assertEquals(before, v[k][(int) i], names[k]
                                 + " written outside the range at row " + row + ", channel " + c);
                     }
                 }
@@ -89,7 +93,23 @@ class RowTransformTest {
         k.rowGradientInput(x, dy, dx, channels, row0, row1, c0, c1, p[0], p[1], p[2], p[3]);
         MemorySegment z = arena.allocate(4 * e).copyFrom(x);
         k.rowNormalize(z, z, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
+        // Fused: dy serves as the residual and as the mask (about half its values are <= 0).
+        MemorySegment fy = sentinels(arena, e), res = arena.allocate(4 * e).copyFrom(dy);
+        k.rowNormalize(x, dy, fy, true, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
+        k.rowNormalize(x, res, res, true, channels, row0, row1, c0, c1, p[0], p[1], p[2]);
+        MemorySegment mdx = sentinels(arena, e), dres = sentinels(arena, e), fdx = sentinels(arena, e);
+        k.rowGradientInput(x, x, dy, mdx, dres, channels, row0, row1, c0, c1, p[0], p[1], p[2], p[3]);
+        k.rowGradientInput(null, x, dy, fdx, null, channels, row0, row1, c0, c1, p[0], p[1], p[2], p[3]);
         return new int[][] {y.toArray(ValueLayout.JAVA_INT), dx.toArray(ValueLayout.JAVA_INT),
-            z.toArray(ValueLayout.JAVA_INT)};
+            z.toArray(ValueLayout.JAVA_INT), fy.toArray(ValueLayout.JAVA_INT), res.toArray(ValueLayout.JAVA_INT),
+            mdx.toArray(ValueLayout.JAVA_INT), dres.toArray(ValueLayout.JAVA_INT), fdx.toArray(ValueLayout.JAVA_INT)};
+    }
+
+    private static MemorySegment sentinels(Arena arena, long e) {
+        MemorySegment s = arena.allocate(4 * e);
+        for (long i = 0; i < e; i++) {
+            s.setAtIndex(ValueLayout.JAVA_INT, i, SENTINEL);
+        }
+        return s;
     }
 }
