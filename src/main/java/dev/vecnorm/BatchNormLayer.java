@@ -66,6 +66,8 @@ public final class BatchNormLayer implements AutoCloseable {
     private final RunningStatistics runningStatistics;
     private final boolean affine;
     private final boolean trackRunningStats;
+    /** Applied after the normalisation (and the residual add), fused into the same pass. */
+    private final Activation activation;
     private final int parallelism;
     private final ExecutorService executor;
 
@@ -95,6 +97,7 @@ public final class BatchNormLayer implements AutoCloseable {
         this.momentum = Float.isNaN(b.momentum) ? b.runningStatistics.defaultMomentum() : b.momentum;
         this.affine = b.affine;
         this.trackRunningStats = b.trackRunningStats;
+        this.activation = b.activation;
         this.parallelism = b.parallelism;
         this.executor = b.executor;
         long bytes = (long) channels * Float.BYTES;
@@ -226,6 +229,29 @@ public final class BatchNormLayer implements AutoCloseable {
         }
     }
 
+    /**
+     * {@link #forward} fused with a residual add and the layer's activation:
+     * {@code y = act(bn(x) + residual)} in one pass ({@link BatchNorm#forwardTraining(
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment)}); {@code y} may be {@code x} or {@code residual}.
+     *
+     * @throws IllegalArgumentException as {@link #forward}, and for a residual of the wrong size
+     * @throws NullPointerException     if an argument is null
+     * @throws IllegalStateException    if the layer is closed
+     */
+    public void forward(TensorShape shape, MemorySegment x, MemorySegment residual, MemorySegment y) {
+        BatchNorm bn = instance(shape);
+        if (!usesBatchStatistics()) {
+            bn.forwardInference(x, residual, weight, bias, runningMean, runningVariance, y);
+            return;
+        }
+        synchronized (this) {
+            requireOpen();
+            bn.forwardTraining(x, residual, weight, bias, y, savedMean, savedVariance);
+            recordBatchStatistics(bn, shape);
+        }
+    }
+
     /** After a forward with batch statistics: keep its shape for backward, count and update. */
     private void recordBatchStatistics(BatchNorm bn, TensorShape shape) {
         savedShape = shape;
@@ -267,6 +293,34 @@ public final class BatchNormLayer implements AutoCloseable {
             } else {
                 bn.backwardWithFrozenStatistics(x, dy, weight, runningMean, runningVariance, dx,
                         weightGradient, biasGradient);
+            }
+        }
+    }
+
+    /**
+     * The gradient of a forward with the layer's activation (and a residual): {@code y} is that
+     * forward's output (the ReLU's mask is {@code y > 0}); {@code dresidual}, which may be null,
+     * gets the gradient of the residual. Otherwise as {@link #backward(TensorShape,
+     * MemorySegment, MemorySegment, MemorySegment)}, through the ten-argument
+     * {@link BatchNorm#backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment)}.
+     *
+     * @throws IllegalArgumentException as the four-argument backward, and for a wrong y size
+     * @throws NullPointerException     if x, dy, y or dx is null
+     * @throws IllegalStateException    as the four-argument backward
+     */
+    public void backward(TensorShape shape, MemorySegment x, MemorySegment dy, MemorySegment y,
+                         MemorySegment dx, MemorySegment dresidual) {
+        BatchNorm bn = instance(shape);
+        synchronized (this) {
+            requireOpen();
+            if (usesBatchStatistics()) {
+                requireSavedShape(shape);
+                bn.backward(x, dy, y, weight, savedMean, savedVariance, dx, dresidual,
+                        weightGradient, biasGradient);
+            } else {
+                bn.backwardWithFrozenStatistics(x, dy, y, weight, runningMean, runningVariance,
+                        dx, dresidual, weightGradient, biasGradient);
             }
         }
     }
@@ -489,7 +543,8 @@ public final class BatchNormLayer implements AutoCloseable {
             BatchNorm bn = instances.get(shape);
             if (bn == null) {
                 BatchNorm.Builder b = BatchNorm.builder(shape).epsilon(epsilon)
-                        .runningStatistics(runningStatistics).parallelism(parallelism);
+                        .runningStatistics(runningStatistics).parallelism(parallelism)
+                        .activation(activation);
                 if (runningStatistics != RunningStatistics.CUMULATIVE_AVERAGE) {
                     b.momentum(momentum);
                 }
@@ -539,6 +594,7 @@ public final class BatchNormLayer implements AutoCloseable {
         private RunningStatistics runningStatistics = RunningStatistics.PYTORCH;
         private boolean affine = true;
         private boolean trackRunningStats = true;
+        private Activation activation = Activation.NONE;
         private int parallelism = 1;
         private ExecutorService executor;
 
@@ -597,6 +653,18 @@ public final class BatchNormLayer implements AutoCloseable {
          */
         public Builder trackRunningStats(boolean trackRunningStats) {
             this.trackRunningStats = trackRunningStats;
+            return this;
+        }
+
+        /**
+         * The activation fused after the normalisation (default {@link Activation#NONE}); with
+         * {@link Activation#RELU} the backward takes the forward's output.
+         *
+         * @throws NullPointerException if null
+         */
+        public Builder activation(Activation activation) {
+            this.activation = Objects.requireNonNull(activation,
+                    "activation: expected an Activation, got null");
             return this;
         }
 

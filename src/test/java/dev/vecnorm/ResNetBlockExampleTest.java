@@ -155,6 +155,27 @@ class ResNetBlockExampleTest {
             return relu(add(u2, x));
         }
 
+        /**
+         * The same block with the ReLUs and the residual add fused into the BatchNorm layers:
+         * conv1, bn1 + relu, conv2, bn2 + x + relu.
+         */
+        float[] fused(Map<String, MemorySegment> state, float[] x) {
+            try (BatchNormLayer f1 = BatchNormLayer.builder(C).activation(Activation.RELU).build();
+                 BatchNormLayer f2 = BatchNormLayer.builder(C).activation(Activation.RELU).build()) {
+                f1.loadStateDict(under(state, "bn1."));
+                f2.loadStateDict(under(state, "bn2."));
+                f1.eval();
+                f2.eval();
+                float[] z1 = Convolution.round(conv(Reference.widen(x), w1, null));
+                MemorySegment h1 = Segments.zeros(arena, z1.length);
+                f1.forward(SHAPE, Segments.of(arena, z1), h1);
+                float[] z2 = Convolution.round(conv(Reference.widen(Segments.toArray(h1)), w2, null));
+                MemorySegment y = Segments.zeros(arena, z2.length);
+                f2.forward(SHAPE, Segments.of(arena, z2), Segments.of(arena, x), y);
+                return Segments.toArray(y);
+            }
+        }
+
         record Folded(float[] w1, float[] b1, float[] w2, float[] b2) {
         }
 
@@ -211,6 +232,18 @@ class ResNetBlockExampleTest {
 
     static int channel(int i) {
         return (i / (H * W)) % C;
+    }
+
+    /**
+     * The fused layers round exactly where the unfused sequence does: bn(x) to float, the add
+     * once in float, the ReLU exact (max(0, s) with -0 to +0), so the block's output is the same
+     * bits, not only within the bounds.
+     */
+    @Test
+    void fusedEqualsUnfused() {
+        float[] x = TestData.gaussian((int) SHAPE.elements(), 11, 1);
+        Expect.bitwiseEqual("block output", block.unfolded(x), block.fused(pytorchStateDict(arena, 5), x),
+                "fused vs unfused");
     }
 
     @Test
