@@ -20,21 +20,11 @@ import jdk.incubator.vector.VectorSpecies;
  * preferred width.
  *
  * <p>Reductions widen floats to double before they accumulate: {@code HALF} loads as many floats
- * as a {@code DOUBLES} vector has lanes. The {@link BatchNormKernels#VIRTUAL_LANES} = 32 double
- * lanes are 4 registers per quantity at 512 bits ({@code moments4}) and 8 at 256
- * ({@code moments8}); C2 folds the width test. Fewer, longer chains leave the loop bound by the
- * latency of double adds (measured: 3.2 ms with one chain, 0.8 ms with four, for 6.4 M floats).
- * Each variant is a small method on purpose: one large method with every width's registers
- * exceeded C2's inlining budget, and helpers that take vectors, once not inlined, box them.
- * For the same reason the float-to-double widening is written out at every load instead of in a
- * helper: in these register-heavy loops C2 refused to inline such a helper ("callee uses too much
- * stack") in some positions, and one boxed load made the NHWC statistics 2-4x slower. Float
- * loads are written out too: a {@code load(segment, offset)} helper was refused the same way in
- * the NCHW plane stream.
- * Other widths (128 bits, for tests) keep the lanes in an array ({@code momentsAnyWidth}).
- *
- * <p>This class holds the reductions; the element-wise passes (y, dx) are in
- * {@link VectorTransforms}, to which the transform methods delegate.
+ * as a {@code DOUBLES} vector has lanes. The NCHW reductions are in {@link VectorReductions}, the
+ * transforms in {@code VectorTransforms}; the NHWC reductions are still here. Helpers that take
+ * vectors, once not inlined, box them, so the widening is written out at every load: in these
+ * register-heavy loops C2 refused to inline such a helper ("callee uses too much stack") in some
+ * positions.
  */
 final class VectorKernels implements BatchNormKernels {
 
