@@ -313,8 +313,9 @@ public final class BatchNorm {
      *   dx        = gamma * invstd * (g - dbeta / M - (x - mean) * invstd * dgamma / M)
      * </pre>
      * that is {@link #backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
-     * MemorySegment, MemorySegment, MemorySegment, MemorySegment) backward} with dy replaced by g,
-     * in the same two passes over memory (y is read in both). {@code dresidual} may be null (a
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment) backward} with dy replaced by g:
+     * g is written once into {@code dresidual} (else into {@code dx}), and the plain backward's
+     * two passes run over it. {@code dresidual} may be null (a
      * forward without a residual); {@code dx} or {@code dresidual} (not both) may be {@code dy};
      * {@code dgamma} and {@code dbeta} may be null.
      *

@@ -192,12 +192,6 @@ public final class BatchNormEngine {
 
     /** NCHW gradient sums of chunk k in memory order, as {@link #planeMoments}. */
     private void planeGradientSums(Scratch w, int k) {
-        if (w.mask != null) {
-            for (int c = 0; c < channels; c++) {
-                maskedGradientSums(w, k, c, w.s1[k], w.s2[k]);
-            }
-            return;
-        }
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
@@ -206,22 +200,6 @@ public final class BatchNormEngine {
             }
         }
         finishLanes(lanes, 0, channels, w.s1[k], w.s2[k]);
-    }
-
-    /**
-     * Fused ReLU: channel c's masked gradient sums over chunk k into s1[c] and s2[c], a plane at
-     * a time in image order, so both NCHW walks give the same bits. (MERGE NOTE, stop-gap: each
-     * plane still has its own lane tree; the masked sums are yet to join the lanes of
-     * {@link BatchNormKernels#channelGradientSums}.)
-     */
-    private void maskedGradientSums(Scratch w, int k, int c, double[] s1, double[] s2) {
-        s1[c] = 0;
-        s2[c] = 0;
-        for (long img = start(k); img < start(k + 1); img++) {
-            int p = (int) img * channels + c;
-            kernels.planesGradientSumsMasked(w.x, w.dy, w.mask, channels, spatial, p, p + 1,
-                    w.meanD, s1, s2);
-        }
     }
 
     /**
@@ -258,11 +236,6 @@ public final class BatchNormEngine {
     }
 
     private void rowGradientSums(Scratch w, int k) {
-        if (w.mask != null) {                  // fused ReLU: the masked sums (MERGE NOTE: stop-gap)
-            kernels.rowGradientSumsMasked(w.x, w.dy, w.mask, channels, start(k), start(k + 1), 0,
-                    channels, w.meanD, w.s1[k], w.s2[k]);
-            return;
-        }
         kernels.rowGradientSums(w.x, w.dy, channels, start(k), start(k + 1), 0, channels, w.meanD,
                 w.s1[k], w.s2[k]);
     }
@@ -498,6 +471,18 @@ public final class BatchNormEngine {
             workers.run(Math.ceilDiv(channels, channelBlock), w, backwardBlock);
             return;
         }
+        if (sums && w.mask != null) {
+            // Fused ReLU: g = (y <= 0 ? +0 : dy) written once where dresidual = g goes (else into
+            // dx), then the plain passes over g; see maskedGradient.
+            MemorySegment g = w.dresidual != null ? w.dresidual : dx;
+            gradientInputParameters(w, null, w.zero, w.one, w.zero, w.negativeZero);
+            w.dx = g;
+            w.dresidual = null;
+            workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
+            w.dx = dx;
+            w.dy = dy = g;
+            w.mask = null;
+        }
         if (sums) {
             gradientSums(w);
         }
@@ -535,16 +520,18 @@ public final class BatchNormEngine {
     private void backwardBlock(Scratch w, int blk) {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
         double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
+        MemorySegment dy = w.dy, mask = w.mask, dresidual = w.dresidual;
+        if (w.sums && mask != null) {
+            dy = maskedGradient(w, c0, c1);
+            mask = null;
+            dresidual = null;
+        }
         for (int k = 0; w.sums && k < chunks; k++) {
             int images = (int) (start(k + 1) - start(k));
             double[] s1 = w.s1[k], s2 = w.s2[k];
             for (int c = c0; c < c1; c++) {
-                if (w.mask != null) {
-                    maskedGradientSums(w, k, c, s1, s2);
-                } else {
-                    kernels.channelGradientSums(w.x, w.dy, planeOffset(start(k), c), imageBytes(),
-                            images, spatial, w.meanD[c], null, s1, s2, c);
-                }
+                kernels.channelGradientSums(w.x, dy, planeOffset(start(k), c), imageBytes(),
+                        images, spatial, w.meanD[c], null, s1, s2, c);
                 sumDy[c] += s1[c];
                 sumDyXmu[c] += s2[c];
             }
@@ -557,12 +544,28 @@ public final class BatchNormEngine {
         int far = suspects == 0 ? 0 : farGradients(w, c0, c1, withMean);
         for (int img = 0; img < n; img++) {
             int p0 = img * channels + c0, p1 = img * channels + c1;
-            kernels.planesGradientInput(withMean ? w.x : null, w.dy, w.mask, w.dx, w.dresidual,
+            kernels.planesGradientInput(withMean ? w.x : null, dy, mask, w.dx, dresidual,
                     channels, spatial, p0, p1, w.mu, w.scale, w.offset, withMean ? w.b : w.zero);
         }
         if (far > 0) {
             finishFar(w, withMean ? w.x : null, w.dx, c0, c1);
         }
+    }
+
+    /**
+     * Fused ReLU's gradient with sums to compute: g = (y <= 0 ? +0 : dy) of channels [c0, c1),
+     * written where dresidual = g goes (else into dx, which the dx pass then overwrites in
+     * place), as fma(g, 1, -0) = g, bit for bit; returns that segment. The gradient sums and dx
+     * then run the plain kernels over g: the same values as masking inside them, and one loop
+     * per reduction instead of two.
+     */
+    private MemorySegment maskedGradient(Scratch w, int c0, int c1) {
+        MemorySegment g = w.dresidual != null ? w.dresidual : w.dx;
+        for (int img = 0; img < n; img++) {
+            kernels.planesGradientInput(null, w.dy, w.mask, g, null, channels, spatial,
+                    img * channels + c0, img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
+        }
+        return g;
     }
 
     /**
@@ -841,8 +844,8 @@ public final class BatchNormEngine {
         /** Far channels (see {@link #FAR_MEAN}) and their double coefficients. */
         final boolean[] far;
         final double[] farMean, farA, farB, farC;
-        /** Never written: zeros for the frozen backward's transform. */
-        final float[] zero;
+        /** Never written: zeros for the frozen backward's transform; ones and -0 for g = fma(g, 1, -0). */
+        final float[] zero, one, negativeZero;
         final double[] shift, meanD, sumDy, sumDyXmu;
         final double[][] s1, s2;
         /** NCHW: the lanes of the reductions in progress (see {@link BatchNormKernels}). */
@@ -872,6 +875,10 @@ public final class BatchNormEngine {
             scale = new float[channels];
             offset = new float[channels];
             zero = new float[channels];
+            one = new float[channels];
+            negativeZero = new float[channels];
+            java.util.Arrays.fill(one, 1f);
+            java.util.Arrays.fill(negativeZero, -0f);
             far = new boolean[channels];
             farMean = new double[channels];
             farA = new double[channels];

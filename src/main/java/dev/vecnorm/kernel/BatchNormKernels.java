@@ -140,17 +140,4 @@ public interface BatchNormKernels {
                                   float[] b, float[] c) {
         rowGradientInput(x, dy, null, dx, null, channels, row0, row1, c0, c1, mean, a, b, c);
     }
-
-    // ---- Fused ReLU's backward: the gradient sums of g = (y <= 0 ? +0 : dy) in place of dy.
-    // ---- MERGE NOTE: a stop-gap pair beside the reductions being redesigned, to fold into them.
-
-    /** {@link #planesGradientSums} of g = (y <= 0 ? +0 : dy), with the same lanes and order. */
-    void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y, int channels,
-                                  long spatial, int p0, int p1, double[] mean, double[] sumDy,
-                                  double[] sumDyXmu);
-
-    /** {@link #rowGradientSums} of g = (y <= 0 ? +0 : dy), each channel adding its rows in order. */
-    void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y, int channels,
-                               long row0, long row1, int c0, int c1, double[] mean,
-                               double[] sumDy, double[] sumDyXmu);
 }

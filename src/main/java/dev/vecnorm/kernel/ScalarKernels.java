@@ -18,9 +18,6 @@ public final class ScalarKernels implements BatchNormKernels {
      * nothing (these loops call nothing that takes it again).
      */
     private static final ThreadLocal<double[]> RUN = ThreadLocal.withInitial(() -> new double[LANE_SLOTS]);
-    /** The masked sums' per-plane lanes ([2, 66); MERGE NOTE: goes with them). */
-    static final int SCRATCH = 2 + 2 * LANES;
-    static final ThreadLocal<double[]> PLANE_SCRATCH = ThreadLocal.withInitial(() -> new double[SCRATCH]);
 
     @Override
     public String description() {
@@ -217,61 +214,6 @@ public final class ScalarKernels implements BatchNormKernels {
             long base = r * channels * 4L;
             for (int ch = c0; ch < c1; ch++) {
                 gradientInput(x, dy, y, dx, dresidual, base + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
-            }
-        }
-    }
-
-    // ---- Masked gradient sums (fused ReLU's backward). MERGE NOTE: copies of planesGradientSums
-    // ---- and rowGradientSums with g = (y <= 0 ? 0 : dy) in place of dy, to fold into the
-    // ---- reduction redesign.
-
-    @Override
-    public void planesGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                         int channels, long spatial, int p0, int p1,
-                                         double[] mean, double[] sumDy, double[] sumDyXmu) {
-        double[] t = PLANE_SCRATCH.get();
-        for (int p = p0, c = p0 % channels; p < p1; p++) {
-            long base = 4L * p * spatial;
-            java.util.Arrays.fill(t, 2, SCRATCH, 0.0);
-            long body = spatial - spatial % TAIL_GRANULE;
-            double t1 = 0, t2 = 0;
-            for (long s = 0; s < spatial; s++) {
-                long at = base + 4 * s;
-                double g = y.get(F32, at) <= 0f ? 0.0 : dy.get(F32, at);
-                double d = (double) x.get(F32, at) - mean[c];
-                if (s < body) {
-                    int lane = 2 + (int) (s % LANES);
-                    t[lane] += g;
-                    t[LANES + lane] = Math.fma(d, g, t[LANES + lane]);
-                } else {
-                    t1 += g;
-                    t2 = Math.fma(d, g, t2);
-                }
-            }
-            sumDy[c] += LaneTree.combine(t, 2, t1);
-            sumDyXmu[c] += LaneTree.combine(t, 2 + LANES, t2);
-            if (++c == channels) {
-                c = 0;
-            }
-        }
-    }
-
-    @Override
-    public void rowGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                      int channels, long row0, long row1, int c0, int c1,
-                                      double[] mean, double[] sumDy, double[] sumDyXmu) {
-        for (int c = c0; c < c1; c++) {
-            sumDy[c] = 0;
-            sumDyXmu[c] = 0;
-        }
-        for (long r = row0; r < row1; r++) {
-            long base = r * channels * 4L;
-            for (int c = c0; c < c1; c++) {
-                long at = base + 4L * c;
-                double g = y.get(F32, at) <= 0f ? 0.0 : dy.get(F32, at);
-                double d = (double) x.get(F32, at) - mean[c];
-                sumDy[c] += g;
-                sumDyXmu[c] = Math.fma(d, g, sumDyXmu[c]);
             }
         }
     }

@@ -339,4 +339,116 @@ final class VectorReductions {
             sumDyXmu[c] = LaneTree.combine(lanes, VIRTUAL_LANES, lanes[tail + 1]);
         }
     }
+
+    // ------------------------------------------------------------------------------------ NHWC
+
+    /**
+     * NHWC reductions walk rows in memory order, {@code ROWS} at a time: per vector of channels
+     * the accumulators are loaded once, take the four rows in order, and are stored back, so the
+     * accumulator traffic is a quarter of the data's and the walk is four sequential streams a
+     * row apart, which the prefetchers follow. Any channel count takes the same loop; the
+     * accumulators (16 bytes a channel) stay in L1 up to a few thousand channels.
+     */
+    private static final int ROWS = 4;
+
+    /** {@link BatchNormKernels#rowMoments}. */
+    static void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
+                           double[] shift, double[] s1, double[] s2) {
+        java.util.Arrays.fill(s1, c0, c1, 0.0);
+        java.util.Arrays.fill(s2, c0, c1, 0.0);
+        long rb = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / DL * DL;
+        long r = row0;
+        for (; r + ROWS <= row1; r += ROWS) {
+            long base = r * rb;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                long o = base + 4L * c;
+                DoubleVector k = DoubleVector.fromArray(DOUBLES, shift, c);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
+                DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
+                DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(k);
+                DoubleVector.fromArray(DOUBLES, s1, c).add(d0).add(d1).add(d2).add(d3).intoArray(s1, c);
+                d3.fma(d3, d2.fma(d2, d1.fma(d1, d0.fma(d0, DoubleVector.fromArray(DOUBLES, s2, c)))))
+                        .intoArray(s2, c);
+            }
+            scalarMoments(x, rb, r, ROWS, vectorEnd, c1, shift, s1, s2);
+        }
+        for (; r < row1; r++) {
+            long base = r * rb;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, base + 4L * c, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(DoubleVector.fromArray(DOUBLES, shift, c));
+                DoubleVector.fromArray(DOUBLES, s1, c).add(d).intoArray(s1, c);
+                d.fma(d, DoubleVector.fromArray(DOUBLES, s2, c)).intoArray(s2, c);
+            }
+            scalarMoments(x, rb, r, 1, vectorEnd, c1, shift, s1, s2);
+        }
+    }
+
+    /** Channels [c0, c1) of rows [r, r + rows), one at a time, rows in order. */
+    private static void scalarMoments(MemorySegment x, long rb, long r, int rows, int c0, int c1,
+                                      double[] shift, double[] s1, double[] s2) {
+        for (int c = c0; c < c1; c++) {
+            double a = s1[c], q = s2[c];
+            for (long o = r * rb + 4L * c, end = o + rows * rb; o < end; o += rb) {
+                double d = (double) x.get(F32, o) - shift[c];
+                a += d;
+                q = Math.fma(d, d, q);
+            }
+            s1[c] = a;
+            s2[c] = q;
+        }
+    }
+
+    /** {@link BatchNormKernels#rowGradientSums}: the walk of {@link #rowMoments}. */
+    static void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
+                                long row1, int c0, int c1, double[] mean, double[] sumDy,
+                                double[] sumDyXmu) {
+        java.util.Arrays.fill(sumDy, c0, c1, 0.0);
+        java.util.Arrays.fill(sumDyXmu, c0, c1, 0.0);
+        long rb = 4L * channels;
+        int vectorEnd = c0 + (c1 - c0) / DL * DL;
+        long r = row0;
+        for (; r + ROWS <= row1; r += ROWS) {
+            long base = r * rb;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                long o = base + 4L * c;
+                DoubleVector m = DoubleVector.fromArray(DOUBLES, mean, c);
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0)), g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0));
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)), g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0));
+                DoubleVector u0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                DoubleVector u2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                DoubleVector.fromArray(DOUBLES, sumDy, c).add(g0).add(g1).add(g2).add(g3).intoArray(sumDy, c);
+                u3.fma(g3, u2.fma(g2, u1.fma(g1, u0.fma(g0, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)))))
+                        .intoArray(sumDyXmu, c);
+            }
+            scalarGradientSums(x, dy, rb, r, ROWS, vectorEnd, c1, mean, sumDy, sumDyXmu);
+        }
+        for (; r < row1; r++) {
+            long base = r * rb;
+            for (int c = c0; c < vectorEnd; c += DL) {
+                long o = base + 4L * c;
+                DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+                DoubleVector.fromArray(DOUBLES, sumDy, c).add(g).intoArray(sumDy, c);
+                ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(DoubleVector.fromArray(DOUBLES, mean, c))
+                        .fma(g, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)).intoArray(sumDyXmu, c);
+            }
+            scalarGradientSums(x, dy, rb, r, 1, vectorEnd, c1, mean, sumDy, sumDyXmu);
+        }
+    }
+
+    private static void scalarGradientSums(MemorySegment x, MemorySegment dy, long rb, long r,
+                                           int rows, int c0, int c1, double[] mean,
+                                           double[] sumDy, double[] sumDyXmu) {
+        for (int c = c0; c < c1; c++) {
+            double a = sumDy[c], q = sumDyXmu[c];
+            for (long o = r * rb + 4L * c, end = o + rows * rb; o < end; o += rb) {
+                double g = dy.get(F32, o);
+                a += g;
+                q = Math.fma((double) x.get(F32, o) - mean[c], g, q);
+            }
+            sumDy[c] = a;
+            sumDyXmu[c] = q;
+        }
+    }
 }

@@ -46,13 +46,10 @@ final class VectorTransforms {
      * Planes in memory order, as one flat stream of vectors: a vector that straddles two planes
      * takes the second plane's parameters in its upper lanes (a blend under a mask), so there is
      * no per-plane remainder or scalar tail (a 7x7 plane is 49 floats). Needs planes of at least
-     * one vector. Two loop shapes give the same bits; which is faster was measured (Zen 4,
-     * 50 x C x H x W, one thread): out of place, blending parameters for every vector
-     * ({@link #normalizeStream}) beat plain runs of vectors at every plane size (7x7: 0.18 vs
-     * 0.25 ms, 56x56: 2.4-2.7 vs 3.0-3.6 ms); in place, where no store has to fetch its line
-     * first, plain runs with a blend only at plane boundaries ({@link #normalizeRuns}) won from
-     * 14x14 planes on (28x28: 0.43-0.46 vs 0.78-0.80 ms) and lost on 7x7. y written over the
-     * residual counts as in place too: its lines were just read as well (not measured).
+     * one vector. Out of place the blend for every vector ({@link #normalizeStream}) is faster;
+     * in place, where no store fetches its line first, plain runs with a blend only at plane
+     * boundaries ({@link #normalizeRuns}) win from 14x14 planes on (PERFORMANCE.md, transforms).
+     * Both give the same bits; y over the residual counts as in place.
      */
     static void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
                                 boolean relu, int channels, long spatial, int p0, int p1,
@@ -254,20 +251,10 @@ final class VectorTransforms {
 
     /**
      * Rows [row0, row1), a multiple of 4 of them, four rows per load of the three parameter
-     * vectors (as {@link #gradientInputRows4} for dx). From {@link #WIDE_ROW_CHANNELS} channels
-     * the parameters take 12 KiB or more, and loaded for every row they share L1 with the
-     * tensors' lines. Measured against that loop (one thread, y alone): 50x2048x14x14 11.2-11.6
-     * -> 7.2-8.3 ms, 50x4096x7x7 5.4-6.7 -> 3.0-3.3 ms, 50x1024x14x14 about the same; in place
-     * 1.80x, 2.10x on [2048, 4096], 1.09x. Against the grouped walk, which took these widths
-     * before where it applies (in-JVM A/B of the kernel): out of place 1.22x on 8x1024x7x7,
-     * 1.26x on 4x2048x7x7, 1.06x on 50x2048x7x7, 1.01x on 20x1024x7x7; but in place the grouped
-     * walk stays 1.4-1.5x faster, and keeps that case. The four rows are loaded before any is
-     * stored: rows of 1024 or 2048 floats are 4 or 8 KiB apart, so with x and y equally aligned
-     * a store to one row and the load of the next share their low 12 address bits, and the core
-     * held the load back behind the store (JMH, 50x1024x14x14, interleaved: 4.11 +- 0.35 ms;
-     * loads first: 3.46 +- 0.54, row at a time 3.35 +- 0.29; 50x2048x7x7 inference 1.47 -> 1.23
-     * ms against the row at a time, in place 2.31 -> 2.16 ms on 50x1024x14x14). The residual's
-     * four rows are loaded before the stores too, for the same reason.
+     * vectors: from {@link #WIDE_ROW_CHANNELS} channels the parameters take 12 KiB or more and,
+     * loaded for every row, crowd the tensors' lines out of L1. The four rows are loaded before
+     * any is stored: rows 4 or 8 KiB apart share their low 12 address bits with the stores, and
+     * the core holds such a load back behind the store. (PERFORMANCE.md, transforms.)
      */
     private static void normalizeRows4(MemorySegment x, MemorySegment res, MemorySegment y,
                                        boolean relu, long rowBytes, long row0, long row1, int c0,
@@ -379,15 +366,11 @@ final class VectorTransforms {
 
     /**
      * NHWC transforms over many channels (512 or more, in groups of 64; from {@link
-     * #WIDE_ROW_CHANNELS} on only in place, as out of place {@link #normalizeRows4} wins) in a
-     * range that the caches can hold: blocks of {@link #GROUP_ROWS} rows, and within a block
-     * each group of 64 channels keeps its parameters in registers across the block's rows,
-     * instead of reloading three parameter vectors per data vector. Measured (one thread,
-     * probe): 50x2048x7x7 normalise 2.5-2.7 -> 1.7-1.8 ms, in place 1.6-1.7 -> 0.73 ms;
-     * 50x512x7x7 0.17-0.19 -> 0.145 ms; but from memory (50x256x56x56, 50x512x28x28 in place)
-     * the column walk through the block lost up to 1.5x, hence the size limit {@link
-     * #GROUPED_MAX_BYTES}. The same walk for dx (16 parameter vectors per group) was slower:
-     * 50x512x7x7 0.85-1.16 vs 0.37-0.45 ms.
+     * #WIDE_ROW_CHANNELS} on only in place, where it beats {@link #normalizeRows4}) in a range
+     * the caches can hold: blocks of {@link #GROUP_ROWS} rows, each group of 64 channels keeping
+     * its parameters in registers across the block's rows instead of reloading three parameter
+     * vectors per data vector. From memory the walk through the block by columns loses, hence
+     * the size limit {@link #GROUPED_MAX_BYTES}. (PERFORMANCE.md, transforms.)
      */
     private static boolean grouped(int channels, int c0, int c1, long row0, long row1,
                                    boolean inPlace) {
@@ -400,10 +383,8 @@ final class VectorTransforms {
      * Rows [row0, row1) in blocks of {@code blockRows} rows (512 bits; channels a multiple of
      * 64): within a block, each group of 64 channels keeps its 12 parameter vectors in registers
      * across the block's rows, and a row of the group is 4 vectors. 64 channels are one group,
-     * walked over all rows as one block (measured against the general loop, 50x64x56x56, one
-     * thread: in place 1.35-1.49 vs 2.5-2.7 ms, 4x64x56x56 (cache-resident) 0.072 vs 0.194 ms,
-     * out of place from memory 3.5-3.7 vs 3.8-4.8 ms); wider rows take blocks of
-     * {@link #GROUP_ROWS} (see {@link #grouped}).
+     * walked over all rows as one block; wider rows take blocks of {@link #GROUP_ROWS} (see
+     * {@link #grouped}).
      */
     private static void normalizeGroups(MemorySegment x, MemorySegment res, MemorySegment y,
                                         boolean relu, long rowBytes, long row0, long row1,
@@ -507,15 +488,10 @@ final class VectorTransforms {
 
     /**
      * Rows [row0, row1), a multiple of 4 of them, four rows per load of the four parameter
-     * vectors. Above {@link #WIDE_ROW_CHANNELS} channels the parameters take more than 16 KiB,
-     * half of L1, and the row-at-a-time loop streams them from L2 along with three tensors'
-     * lines. Measured against it (in-JVM A/B of the whole backward, both orders, same bits):
-     * 50x2048x7x7 1.17-1.22x faster, 50x1536x7x7 and 8x1536x7x7 1.28x; at 1024 channels (16
-     * KiB) 50x1024x14x14 gained 1.02-1.04x but the cache-resident 8x1024x7x7 and 20x1024x7x7
-     * lost 8-24 %, hence the strict bound. Two rows per load gained less (dx alone on
-     * 50x2048x7x7: 2.6-3.2 against 2.3-2.6 ms), and slowed 512 channels. Loads before stores,
-     * as in {@link #normalizeRows4}: JMH 2 forks x 5 s, 50x2048x7x7 backward 5.82 +- 0.27 ms
-     * with the row at a time, 4.24 +- 0.09 ms so. The mask's rows (y) are loaded with dy's.
+     * vectors: above {@link #WIDE_ROW_CHANNELS} channels the parameters exceed half of L1 and,
+     * loaded for every row, stream from L2 beside three tensors' lines. Loads before stores, as
+     * in {@link #normalizeRows4}; the mask's rows (y) are loaded with dy's. (PERFORMANCE.md,
+     * transforms.)
      */
     private static void gradientInputRows4(MemorySegment x, MemorySegment dy, MemorySegment y,
                                            MemorySegment dx, MemorySegment dres, long rowBytes,
