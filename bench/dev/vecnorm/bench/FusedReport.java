@@ -73,11 +73,12 @@ final class FusedReport {
                 + " against the plain kernel plus a separate element-wise pass (saving = separate / fused)");
         t.append(s.peers() ? ", and against oneDNN's fused kernels (fastest of its formats) and PyTorch's"
                 + " batch_norm then relu_ (ratio = fastest peer / vecnorm fused; target 1.2x on cache-resident"
-                + " layers)" : "").append(":\n\n| shape | layout | kernel | fused | plain | cost | separate | saving |");
+                + " layers)" : "").append(":\n\n").append(Report.SHAPE_HEADER)
+                .append(" layout | kernel | fused | plain | cost | separate | saving |");
         if (s.peers()) {
             t.append(" oneDNN fused | PyTorch | ratio |");
         }
-        t.append("\n|---|---|---|---|---|---|---|---|").append(s.peers() ? "---|---|---|\n" : "\n");
+        t.append("\n|---|---|---|---|---|---|---|---|---|---|").append(s.peers() ? "---|---|---|\n" : "\n");
         for (String shape : s.shapes()) {
             for (String layout : s.layouts()) {
                 for (String kernel : FusedBenchmark.KERNELS) {
@@ -87,7 +88,7 @@ final class FusedReport {
                     }
                     double separate = orNaN(ms.get(kernel + "Separate/" + shape + "/" + layout));
                     double base = median(mine.get(new Report.Key(PLAIN.get(kernel), shape, layout, "vector", threads)));
-                    t.append(String.format(Locale.ROOT, "| %s | %s | %s | %.4g | %s | %s | %.4g | %.2fx |", shape, layout,
+                    t.append(String.format(Locale.ROOT, "| %s | %s | %s | %.4g | %s | %s | %.4g | %.2fx |", s.cells(shape), layout,
                             kernel, fused, fmt(base), Double.isNaN(base) ? "" : String.format(Locale.ROOT, "%+.0f %%",
                                     100 * (fused / base - 1)), separate, separate / fused));
                     if (s.peers()) {

@@ -12,55 +12,90 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
 /**
- * Problem shapes in benchdnn's notation ({@code mb50ic64ih56iw56}) and test data for them.
- * The default set is ResNet-50's BatchNorm layers, copied from oneDNN's benchdnn inputs into
- * {@code bench/resources/bnorm_shapes_resnet50.txt}.
+ * Problem shapes in benchdnn's notation ({@code mb50ic64ih56iw56}) and test data for them. The
+ * built-in suites are files in {@code bench/resources}, one per suite: ResNet-50's BatchNorm layers
+ * copied from oneDNN's benchdnn inputs ({@code bnorm_shapes_resnet50.txt}), and MobileNet-V2,
+ * VGG-16-BN, ResNet-50 at batch 1 and BatchNorm1d layers worked out from the networks' architectures.
  */
 public final class Problem {
 
     private static final Pattern SHAPE = Pattern.compile(
             "mb(\\d+)_?ic(\\d+)_?ih(\\d+)_?iw(\\d+)(?:_?n\"([^\"]*)\")?");
 
+    /** The built-in suites, in report order; {@code bench/resources/bnorm_shapes_NAME.txt} each. */
+    public static final List<String> SUITES = List.of("resnet50", "mobilenet_v2", "vgg16_bn", "resnet50_batch1",
+            "batchnorm1d");
+
+    /** The suite of a shape that is in none of the built-in ones. */
+    public static final String OTHER = "other";
+
+    /** The report's regimes by the bytes of x, in order of size: see {@link #regime}. */
+    public static final List<String> REGIMES = List.of("cache-resident (x <= 12 MiB)", "between (12-64 MiB)",
+            "memory-resident (x >= 64 MiB)");
+
     private Problem() {
     }
 
-    /** Parses {@code mbNicCihHiwW} into a shape of the given layout. */
-    public static TensorShape parse(String descriptor, Layout layout) {
+    private static Matcher matcher(String descriptor) {
         Matcher m = SHAPE.matcher(descriptor.trim());
         if (!m.matches()) {
             throw new IllegalArgumentException("shape: expected mbNicCihHiwW (e.g. mb32ic64ih56iw56), got '"
                     + descriptor + "'");
         }
-        int n = Integer.parseInt(m.group(1)), c = Integer.parseInt(m.group(2));
-        int h = Integer.parseInt(m.group(3)), w = Integer.parseInt(m.group(4));
+        return m;
+    }
+
+    /** Parses {@code mbNicCihHiwW} into a shape of the given layout. */
+    public static TensorShape parse(String descriptor, Layout layout) {
+        long[] d = dims(descriptor);
+        int n = Math.toIntExact(d[0]), c = Math.toIntExact(d[1]), h = Math.toIntExact(d[2]), w = Math.toIntExact(d[3]);
         return layout == Layout.NCHW ? TensorShape.nchw(n, c, h, w) : TensorShape.nhwc(n, c, h, w);
     }
 
     /** {N, C, H, W} of {@code mbNicCihHiwW}. */
     public static long[] dims(String descriptor) {
-        Matcher m = SHAPE.matcher(descriptor.trim());
-        if (!m.matches()) {
-            throw new IllegalArgumentException("shape: expected mbNicCihHiwW, got '" + descriptor + "'");
-        }
+        Matcher m = matcher(descriptor);
         return new long[] {Long.parseLong(m.group(1)), Long.parseLong(m.group(2)), Long.parseLong(m.group(3)),
             Long.parseLong(m.group(4))};
     }
 
-    /** Layer names by descriptor, e.g. "resnet_50:bn_conv1". */
-    public record Named(String descriptor, String name) {
+    /** {@code mbNicCihHiwW} without underscores or name: the same shape always reads the same. */
+    private static String canonical(String descriptor) {
+        long[] d = dims(descriptor);
+        return "mb" + d[0] + "ic" + d[1] + "ih" + d[2] + "iw" + d[3];
     }
 
-    /** The uncommented shapes of the built-in ResNet-50 list, in file order. */
-    public static List<Named> resnet50() {
+    /**
+     * A shape of a suite: its descriptor, the suite's name ({@link #SUITES}, or {@link #OTHER}) and
+     * the layer's name in the suite's file without the network prefix (e.g. "bn2a_branch1*4").
+     */
+    public record Named(String descriptor, String suite, String layer) {
+    }
+
+    /**
+     * The uncommented shapes of a built-in suite, in file order, or of all of them, one after the
+     * other, for {@code "all"}.
+     */
+    public static List<Named> suite(String name) {
+        if (name.equals("all")) {
+            return SUITES.stream().flatMap(n -> suite(n).stream()).toList();
+        }
+        if (!SUITES.contains(name)) {
+            throw new IllegalArgumentException("suite: expected one of " + String.join(", ", SUITES)
+                    + " or all, got '" + name + "'");
+        }
+        String file = "bnorm_shapes_" + name + ".txt";
         List<Named> shapes = new ArrayList<>();
-        try (InputStream in = Problem.class.getResourceAsStream("/bnorm_shapes_resnet50.txt")) {
+        try (InputStream in = Problem.class.getResourceAsStream("/" + file)) {
             if (in == null) {
-                throw new IllegalStateException("bnorm_shapes_resnet50.txt is not on the classpath");
+                throw new IllegalStateException(file + " is not on the classpath");
             }
             BufferedReader r = new BufferedReader(new InputStreamReader(in, StandardCharsets.UTF_8));
             for (String line; (line = r.readLine()) != null; ) {
@@ -70,18 +105,36 @@ public final class Problem {
                 }
                 Matcher m = SHAPE.matcher(line);
                 if (m.matches()) {
-                    shapes.add(new Named("mb" + m.group(1) + "ic" + m.group(2) + "ih" + m.group(3)
-                            + "iw" + m.group(4), m.group(5) == null ? "" : m.group(5)));
+                    String layer = m.group(5) == null ? "" : m.group(5);
+                    shapes.add(new Named(canonical(line), name, layer.substring(layer.indexOf(':') + 1)));
                 }
             }
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
         if (shapes.isEmpty()) {
-            throw new IllegalStateException("bnorm_shapes_resnet50.txt: expected lines like"
-                    + " mb50_ic64_ih56iw56_n\"name\", found none");
+            throw new IllegalStateException(file + ": expected lines like mb50_ic64_ih56iw56_n\"name\", found none");
         }
         return shapes;
+    }
+
+    /**
+     * The given descriptors, each with the suite and layer of the first built-in shape it equals
+     * (suite {@link #OTHER}, no layer, where none); the descriptors themselves are kept as given.
+     */
+    public static List<Named> named(List<String> descriptors) {
+        Map<String, Named> known = new HashMap<>();
+        suite("all").forEach(n -> known.putIfAbsent(n.descriptor(), n));
+        return descriptors.stream().map(d -> {
+            Named k = known.get(canonical(d));
+            return k == null ? new Named(d, OTHER, "") : new Named(d, k.suite(), k.layer());
+        }).toList();
+    }
+
+    /** The regime of a shape, one of {@link #REGIMES}: x up to 12 MiB, between, or from 64 MiB on. */
+    public static String regime(String descriptor) {
+        long bytes = Float.BYTES * parse(descriptor, Layout.NCHW).elements();
+        return REGIMES.get(bytes <= 12L << 20 ? 0 : bytes < 64L << 20 ? 1 : 2);
     }
 
     /** Values generated per block; larger tensors repeat the block (filling 40 M values one by one took seconds per trial). */

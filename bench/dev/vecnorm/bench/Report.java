@@ -31,9 +31,15 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * speed-up. JMH's own JSON is kept beside it.
  *
  * <pre>
- * arguments: [--quick | --full | --smoke] [--shapes=mb32ic64ih56iw56,...] [--threads=1,2]
- *            [--kernels=vector,scalar] [--layouts=NCHW,NHWC] [--fused] [--out=DIR]
+ * arguments: [--quick | --full | --smoke]
+ *            [--suite=resnet50|mobilenet_v2|vgg16_bn|resnet50_batch1|batchnorm1d|all[,...]]
+ *            [--shapes=mb32ic64ih56iw56,...] [--threads=1,2] [--kernels=vector,scalar]
+ *            [--layouts=NCHW,NHWC] [--fused] [--cost] [--peers] [--out=DIR]
  * </pre>
+ *
+ * The shapes: {@code --shapes} if given, else the {@code --suite}s' (see {@link Problem#SUITES}),
+ * else {@link #DEFAULT_MIX} ({@code --quick}), all suites ({@code --full}) or one tiny shape
+ * ({@code --smoke}).
  */
 public final class Report {
 
@@ -44,25 +50,61 @@ public final class Report {
      * [N, C] path in both layouts, free of the per-plane cost that small NCHW planes add.
      */
     static final String OVERHEAD_SHAPE = "mb8ic64ih1iw1";
+    /**
+     * The default (quick) run's shapes: a few of each suite and of each regime, grouped by suite,
+     * so that the run stays near five minutes on 2 cores (17 forks of JMH per shape).
+     */
+    static final List<String> DEFAULT_MIX = List.of(
+            "mb50ic256ih56iw56",    // resnet50 bn2a_branch1*4, 153 MiB: memory-resident
+            "mb50ic2048ih7iw7",     // resnet50 bn5a_branch1*4, 19 MiB: between
+            "mb32ic96ih56iw56",     // mobilenet_v2 b2_dw, 37 MiB: between
+            "mb32ic960ih7iw7",      // mobilenet_v2 b14_expand*6, 5.7 MiB: cache-resident
+            "mb16ic512ih28iw28",    // vgg16_bn block4*3, 24.5 MiB: between
+            "mb1ic64ih56iw56",      // resnet50_batch1 res2_a*6, 0.8 MiB
+            "mb1ic1024ih14iw14",    // resnet50_batch1 res4_c*7, 0.8 MiB
+            "mb256ic4096ih1iw1",    // batchnorm1d mlp_4096, 4 MiB
+            "mb8192ic16ih1iw1");    // batchnorm1d narrow_16, 0.5 MiB
+    /** The tiny shape of {@code --smoke}. */
+    static final String SMOKE_SHAPE = "mb2ic16ih8iw8";
 
     private Report() {
     }
 
-    record Settings(List<String> shapes, List<String> threads, List<String> kernels,
+    record Settings(List<Problem.Named> problems, List<String> threads, List<String> kernels,
                     List<String> layouts, int forks, int warmups, int iterations, long millis,
                     Path out, boolean cost, boolean peers) {
 
         /** One measured iteration fewer (at least one): for the scalar kernels, which only give a ratio. */
         Settings fewerIterations() {
-            return new Settings(shapes, threads, kernels, layouts, forks, warmups, Math.max(1, iterations - 1),
+            return new Settings(problems, threads, kernels, layouts, forks, warmups, Math.max(1, iterations - 1),
                     millis, out, cost, peers);
         }
+
+        /** The shapes' descriptors, the JMH parameter. */
+        List<String> shapes() {
+            return problems.stream().map(Problem.Named::descriptor).toList();
+        }
+
+        /** The suites of the shapes, in order. */
+        List<String> suites() {
+            return problems.stream().map(Problem.Named::suite).distinct().toList();
+        }
+
+        /** The suite, layer and shape cells of a table row for a shape. */
+        String cells(String shape) {
+            Problem.Named p = problems.stream().filter(n -> n.descriptor().equals(shape)).findFirst().orElseThrow();
+            return p.suite() + " | " + p.layer() + " | " + shape;
+        }
     }
+
+    /** The header cells that go with {@link Settings#cells}. */
+    static final String SHAPE_HEADER = "| suite | layer | shape |";
 
     public static void main(String[] args) throws RunnerException, IOException {
         Settings s = settings(args);
         Files.createDirectories(s.out);
-        System.out.println("vecnorm report: " + BatchNorm.kernels() + "; " + s.shapes.size() + " shapes x "
+        System.out.println("vecnorm report: " + BatchNorm.kernels() + "; " + s.problems.size() + " shapes of "
+                + s.suites() + " x "
                 + s.layouts + " x " + s.kernels + " x threads " + s.threads + "; " + s.forks + " fork(s), "
                 + s.iterations + " x " + s.millis + " ms per benchmark");
         List<RunResult> results = new ArrayList<>();
@@ -109,7 +151,7 @@ public final class Report {
                                              Path json) throws RunnerException {
         ChainedOptionsBuilder options = options(s, json)
                 .include(kernels)
-                .param("shape", s.shapes.toArray(String[]::new))
+                .param("shape", s.shapes().toArray(String[]::new))
                 .param("threads", s.threads.toArray(String[]::new))
                 .param("layout", s.layouts.toArray(String[]::new));
         if (which != null) {
@@ -137,6 +179,7 @@ public final class Report {
 
     static Settings settings(String[] args) {
         List<String> shapes = null;
+        List<String> suites = null;
         List<String> threads = null;
         Boolean cost = null;
         boolean peers = false;
@@ -152,6 +195,8 @@ public final class Report {
                 mode = a.substring(2);
             } else if (a.startsWith("--shapes=")) {
                 shapes = split(a);
+            } else if (a.startsWith("--suite=")) {
+                suites = split(a);
             } else if (a.startsWith("--threads=")) {
                 threads = split(a);
             } else if (a.startsWith("--kernels=")) {
@@ -167,23 +212,32 @@ public final class Report {
             } else if (a.startsWith("--out=")) {
                 out = Path.of(a.substring("--out=".length()));
             } else {
-                throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --shapes=,"
+                throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --suite=, --shapes=,"
                         + " --threads=, --kernels=, --layouts=, --cost, --fused, --peers or --out=, got '" + a + "'");
             }
         }
-        if (shapes == null) {
-            shapes = mode.equals("smoke") ? List.of("mb2ic16ih8iw8")
-                    : Problem.resnet50().stream().map(Problem.Named::descriptor).toList();
-        }
         boolean full = mode.equals("full");
+        if (suites == null && shapes == null && full) {
+            suites = List.of("all");
+        }
+        List<Problem.Named> problems;
+        if (shapes == null && suites != null) {
+            // A shape in two of the suites asked for is measured once, under the first.
+            Map<String, Problem.Named> unique = new LinkedHashMap<>();
+            suites.forEach(n -> Problem.suite(n).forEach(p -> unique.putIfAbsent(p.descriptor(), p)));
+            problems = List.copyOf(unique.values());
+        } else {
+            problems = Problem.named(shapes != null ? shapes
+                    : mode.equals("smoke") ? List.of(SMOKE_SHAPE) : DEFAULT_MIX);
+        }
         if (threads == null) {
             threads = full ? List.of("1", "2") : List.of("1");
         }
         boolean withCost = cost != null ? cost : full;
         return switch (mode) {
-            case "smoke" -> new Settings(shapes, threads, kernels, layouts, 1, 1, 1, 100, out, withCost, peers);
-            case "full" -> new Settings(shapes, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost, peers);
-            default -> new Settings(shapes, threads, kernels, layouts, 1, 1, 3, 200, out, withCost, peers);
+            case "smoke" -> new Settings(problems, threads, kernels, layouts, 1, 1, 1, 100, out, withCost, peers);
+            case "full" -> new Settings(problems, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost, peers);
+            default -> new Settings(problems, threads, kernels, layouts, 1, 1, 3, 200, out, withCost, peers);
         };
     }
 
@@ -203,7 +257,10 @@ public final class Report {
                 + " per element, streaming stores on large buffers): the machine's limit. `loop` is a Vector"
                 + " API loop on the same bytes (load/store copy for the 8-byte kernels, dx = x + dy for"
                 + " backward): the limit for ordinary stores. `vs scalar` is the scalar kernel's time over"
-                + " the vector kernel's.\n\n";
+                + " the vector kernel's.\n\n"
+                + "Shapes: " + s.problems.size() + ", of the suites " + String.join(", ", s.suites()) + " (layer names"
+                + " as in bench/resources; '*K': K layers share the shape). Regimes by the size of x: "
+                + String.join(", ", Problem.REGIMES) + ".\n\n";
     }
 
     /** One benchmark's result, keyed by name and params (null where a benchmark has none). */
@@ -229,10 +286,10 @@ public final class Report {
     static String table(Collection<RunResult> results, Settings s) {
         Map<Key, Result<?>> byKey = byKey(results);
         StringBuilder t = new StringBuilder();
-        t.append("| shape | layout | threads | kernel | ms | ± | GB/s | of copy | of loop | scalar ms | vs scalar |\n");
-        t.append("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        t.append(SHAPE_HEADER).append(" layout | threads | kernel | ms | ± | GB/s | of copy | of loop | scalar ms | vs scalar |\n");
+        t.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         StringBuilder ceilings = new StringBuilder();
-        for (String shape : s.shapes) {
+        for (String shape : s.shapes()) {
             long elements = Problem.parse(shape, Layout.NCHW).elements();
             for (String threads : s.threads) {
                 double copy = ceiling(byKey, "copy", shape, threads);
@@ -259,7 +316,7 @@ public final class Report {
                                 : gbs(8 * elements, ceiling(byKey, "vectorCopy", shape, threads));
                         double scalarMs = sca == null ? Double.NaN : median(sca);
                         t.append(String.format(Locale.ROOT, "| %s | %s | %s | %s%s | %.4g | %.2g | %.1f | %s | %s | %s | %s |%n",
-                                shape, layout, threads, kernel, vec == null ? " (scalar)" : "", ms,
+                                s.cells(shape), layout, threads, kernel, vec == null ? " (scalar)" : "", ms,
                                 main.getScoreError(), gb, pct(gb / copyGb), pct(gb / loopGb),
                                 Double.isNaN(scalarMs) ? "" : String.format(Locale.ROOT, "%.4g", scalarMs),
                                 Double.isNaN(scalarMs) || vec == null ? "" : String.format(Locale.ROOT, "%.1fx", scalarMs / ms)));
@@ -288,45 +345,73 @@ public final class Report {
     };
 
     /**
-     * How many shapes meet each target, per layout (vector kernels, first thread count), and
-     * which miss it. A ceiling moves the bytes its kernel's minimum traffic counts, so the
-     * fraction is the ceiling's time over the kernel's.
+     * The shapes of each suite, in order; with {@code summary}, first all of them (where there are
+     * several suites) and last those of each regime ({@link Problem#REGIMES}) that has any.
+     */
+    static Map<String, List<String>> groups(Settings s, boolean summary) {
+        Map<String, List<String>> groups = new LinkedHashMap<>();
+        if (summary && s.suites().size() > 1) {
+            groups.put("all", s.shapes());
+        }
+        s.problems.forEach(p -> groups.computeIfAbsent(p.suite(), k -> new ArrayList<>()).add(p.descriptor()));
+        for (String regime : summary ? Problem.REGIMES : List.<String>of()) {
+            List<String> shapes = s.shapes().stream().filter(shape -> Problem.regime(shape).equals(regime)).toList();
+            if (!shapes.isEmpty()) {
+                groups.put(regime, shapes);
+            }
+        }
+        return groups;
+    }
+
+    /**
+     * How many shapes of each suite meet each target, per layout (vector kernels, first thread
+     * count), and which miss it. A ceiling moves the bytes its kernel's minimum traffic counts, so
+     * the fraction is the ceiling's time over the kernel's.
      */
     static String targets(Map<Key, Result<?>> byKey, Settings s) {
         String threads = s.threads.get(0);
-        StringBuilder t = new StringBuilder("\nTargets (vector kernels, " + threads + " thread; shapes that"
-                + " meet each, of those measured, and those that miss):\n\n| target |");
+        StringBuilder t = new StringBuilder("\nTargets (vector kernels, " + threads + " thread; per suite, shapes"
+                + " that meet each, of those measured, and those that miss):\n\n| target | suite |");
         s.layouts.forEach(l -> t.append(' ').append(l).append(" |"));
-        t.append("\n|---|");
+        t.append("\n|---|---|");
         s.layouts.forEach(l -> t.append("---|"));
         t.append('\n');
         boolean any = false;
         for (Target target : TARGETS) {
-            t.append("| ").append(target.text()).append(" |");
-            for (String layout : s.layouts) {
-                int met = 0, measured = 0;
-                List<String> missed = new ArrayList<>();
-                for (String shape : s.shapes) {
-                    double ms = median(byKey.get(new Key(target.kernel(), shape, layout, "vector", threads)));
-                    double ceiling = ceiling(byKey, target.ceiling(), shape, threads);
-                    if (Double.isNaN(ms) || Double.isNaN(ceiling)) {
-                        continue;
-                    }
-                    measured++;
-                    if (ceiling / ms >= target.fraction()) {
-                        met++;
-                    } else {
-                        // Rounded down: a miss never shows the target's own figure.
-                        missed.add(shape + String.format(Locale.ROOT, " %.0f %%", Math.floor(100 * ceiling / ms)));
-                    }
+            for (var group : groups(s, false).entrySet()) {
+                t.append("| ").append(target.text()).append(" | ").append(group.getKey()).append(" |");
+                for (String layout : s.layouts) {
+                    String cell = targetCell(byKey, target, group.getValue(), layout, threads);
+                    any |= cell != null;
+                    t.append(' ').append(cell == null ? "0 of 0" : cell).append(" |");
                 }
-                any |= measured > 0;
-                t.append(String.format(Locale.ROOT, " %d of %d%s |", met, measured,
-                        missed.isEmpty() ? "" : " (" + String.join(", ", missed) + ")"));
+                t.append('\n');
             }
-            t.append('\n');
         }
         return any ? t.toString() : "";
+    }
+
+    /** "met of measured (misses)" for one target, layout and group of shapes; null where none was measured. */
+    private static String targetCell(Map<Key, Result<?>> byKey, Target target, List<String> shapes, String layout,
+                                     String threads) {
+        int met = 0, measured = 0;
+        List<String> missed = new ArrayList<>();
+        for (String shape : shapes) {
+            double ms = median(byKey.get(new Key(target.kernel(), shape, layout, "vector", threads)));
+            double ceiling = ceiling(byKey, target.ceiling(), shape, threads);
+            if (Double.isNaN(ms) || Double.isNaN(ceiling)) {
+                continue;
+            }
+            measured++;
+            if (ceiling / ms >= target.fraction()) {
+                met++;
+            } else {
+                // Rounded down: a miss never shows the target's own figure.
+                missed.add(shape + String.format(Locale.ROOT, " %.0f %%", Math.floor(100 * ceiling / ms)));
+            }
+        }
+        return measured == 0 ? null : String.format(Locale.ROOT, "%d of %d%s", met, measured,
+                missed.isEmpty() ? "" : " (" + String.join(", ", missed) + ")");
     }
 
     static final String[] PEER_KERNELS = {"forwardTraining", "forwardInference", "backward"};
@@ -339,7 +424,9 @@ public final class Report {
      * ratio to the fastest peer: peer ms / vecnorm ms, above 1 when vecnorm is faster. The last
      * column is the fastest peer over the Vector API loop ceiling of the same traffic (copy loop,
      * or triad loop for backward): the ratio a kernel that ran at that ceiling would get, the
-     * most any kernel with ordinary stores can reach.
+     * most any kernel with ordinary stores can reach. Under it, the targets against the fastest
+     * peer per group of shapes ({@link #groups}: all, each suite, each regime) with the geometric
+     * mean of the ratio.
      */
     static String peers(Collection<RunResult> ours, Collection<RunResult> theirs, Settings s) {
         Map<Key, Result<?>> mine = byKey(ours);
@@ -358,18 +445,21 @@ public final class Report {
         StringBuilder t = new StringBuilder("\nAgainst the peers (" + threads + " thread, ms; ratio = fastest peer / vecnorm,"
                 + " above 1 means vecnorm is faster; at loop = fastest peer / the vector loop ceiling of the same"
                 + " traffic, the ratio a kernel with ordinary stores would reach at that ceiling):\n\n"
-                + "| shape | kernel | vecnorm NCHW | vecnorm NHWC |");
+                + SHAPE_HEADER + " kernel | vecnorm NCHW | vecnorm NHWC |");
         names.forEach(n -> t.append(' ').append(n).append(" |"));
-        t.append(" fastest peer | ratio NCHW | ratio NHWC | at loop |\n|---|---|---|---|");
+        t.append(" fastest peer | ratio NCHW | ratio NHWC | at loop |\n|---|---|---|---|---|---|");
         names.forEach(n -> t.append("---|"));
         t.append("---|---|---|---|\n");
-        int[][] met = new int[PEER_KERNELS.length][2], measured = new int[PEER_KERNELS.length][2];
-        for (String shape : s.shapes) {
+        // Per shape, the ratio to the fastest peer per kernel and layout (NCHW, NHWC).
+        Map<String, double[][]> ratios = new LinkedHashMap<>();
+        for (String shape : s.shapes()) {
+            double[][] ratio = new double[PEER_KERNELS.length][];
+            ratios.put(shape, ratio);
             for (int k = 0; k < PEER_KERNELS.length; k++) {
                 String kernel = PEER_KERNELS[k];
                 double nchw = median(mine.get(new Key(kernel, shape, "NCHW", "vector", threads)));
                 double nhwc = median(mine.get(new Key(kernel, shape, "NHWC", "vector", threads)));
-                t.append(String.format(Locale.ROOT, "| %s | %s | %.4g | %.4g |", shape, kernel, nchw, nhwc));
+                t.append(String.format(Locale.ROOT, "| %s | %s | %.4g | %.4g |", s.cells(shape), kernel, nchw, nhwc));
                 double best = Double.NaN;
                 String bestName = "";
                 for (String n : names) {
@@ -381,23 +471,29 @@ public final class Report {
                     }
                 }
                 double loop = ceiling(mine, kernel.equals("backward") ? "vectorTriad" : "vectorCopy", shape, threads);
-                t.append(String.format(Locale.ROOT, " %s | %.2fx | %.2fx | %.2fx |%n", bestName, best / nchw,
-                        best / nhwc, best / loop));
-                for (int l = 0; l < 2; l++) {
-                    double ratio = best / (l == 0 ? nchw : nhwc);
-                    if (!Double.isNaN(ratio)) {
-                        measured[k][l]++;
-                        met[k][l] += ratio >= PEER_TARGETS[k] ? 1 : 0;
-                    }
-                }
+                ratio[k] = new double[] {best / nchw, best / nhwc};
+                t.append(String.format(Locale.ROOT, " %s | %.2fx | %.2fx | %.2fx |%n", bestName, ratio[k][0],
+                        ratio[k][1], best / loop));
             }
         }
-        t.append("\nTargets against the fastest peer (any of its layouts): shapes where vecnorm meets each, of"
-                + " those measured:\n\n"
-                + "| target | NCHW | NHWC |\n|---|---|---|\n");
+        t.append("\nTargets against the fastest peer (any of its layouts), per suite and per regime: shapes where"
+                + " vecnorm meets each, of those measured, and the geometric mean of the ratio over them:\n\n"
+                + "| target | shapes | NCHW | geomean NCHW | NHWC | geomean NHWC |\n|---|---|---|---|---|---|\n");
         for (int k = 0; k < PEER_KERNELS.length; k++) {
-            t.append(String.format(Locale.ROOT, "| %s >= %sx the fastest peer's speed | %d of %d | %d of %d |%n",
-                    PEER_LABELS[k], PEER_TARGETS[k], met[k][0], measured[k][0], met[k][1], measured[k][1]));
+            for (var group : groups(s, true).entrySet()) {
+                t.append(String.format(Locale.ROOT, "| %s >= %sx the fastest peer's speed | %s |", PEER_LABELS[k],
+                        PEER_TARGETS[k], group.getKey()));
+                for (int l = 0; l < 2; l++) {
+                    int kernel = k, layout = l;
+                    double[] measured = group.getValue().stream().mapToDouble(shape -> ratios.get(shape)[kernel][layout])
+                            .filter(r -> !Double.isNaN(r)).toArray();
+                    long met = Arrays.stream(measured).filter(r -> r >= PEER_TARGETS[kernel]).count();
+                    double geomean = Math.exp(Arrays.stream(measured).map(Math::log).average().orElse(Double.NaN));
+                    t.append(String.format(Locale.ROOT, " %d of %d | %s |", met, measured.length,
+                            Double.isNaN(geomean) ? "—" : String.format(Locale.ROOT, "%.2fx", geomean)));
+                }
+                t.append('\n');
+            }
         }
         return t.toString();
     }
@@ -443,7 +539,7 @@ public final class Report {
         StringBuilder t = new StringBuilder("\nCost of determinism (training forward, 1 thread): vecnorm against"
                 + " the fastest variant without the bitwise guarantee (float lanes, reduceLanes):\n\n"
                 + "| shape | layout | deterministic ms | float lanes ms | cost |\n|---|---|---|---|---|\n");
-        for (String shape : s.shapes) {
+        for (String shape : s.shapes()) {
             for (String layout : s.layouts) {
                 double det = median(byKey.get(new Key("deterministic", shape, layout, null, null)));
                 double fast = median(byKey.get(new Key("floatLanes", shape, layout, null, null)));
@@ -459,7 +555,7 @@ public final class Report {
         String base = s.threads.get(0);
         StringBuilder t = new StringBuilder("\nScaling (vector kernels; efficiency = speed-up / thread ratio):\n\n"
                 + "| shape | layout | kernel | threads | speed-up | efficiency | copy speed-up |\n|---|---|---|---|---|---|---|\n");
-        for (String shape : s.shapes) {
+        for (String shape : s.shapes()) {
             for (String layout : s.layouts) {
                 for (String kernel : KERNELS) {
                     double one = median(byKey.get(new Key(kernel, shape, layout, "vector", base)));
