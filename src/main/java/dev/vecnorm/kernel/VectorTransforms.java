@@ -26,6 +26,8 @@ final class VectorTransforms {
 
     private static final VectorSpecies<Float> FLOATS = VectorKernels.FLOATS;
     private static final int FL = FLOATS.length();
+    private static final VectorSpecies<Float> HALF = VectorKernels.HALF;
+    private static final int HL = HALF.length();
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final VectorOperators.Comparison LE = VectorOperators.LE;
@@ -242,7 +244,22 @@ final class VectorTransforms {
                 }
                 v.intoMemorySegment(y, o, NATIVE);
             }
-            for (int c = vectorEnd; c < c1; c++) {
+            int c = vectorEnd;
+            if (c1 - c >= HL) {
+                // A half vector for the rest: 24 channels at 512 bits would leave a third scalar.
+                long o = base + 4L * c;
+                FloatVector v = FloatVector.fromMemorySegment(HALF, x, o, NATIVE).sub(FloatVector.fromArray(HALF, mean, c))
+                        .fma(FloatVector.fromArray(HALF, scale, c), FloatVector.fromArray(HALF, offset, c));
+                if (res != null) {
+                    v = v.add(FloatVector.fromMemorySegment(HALF, res, o, NATIVE));
+                }
+                if (relu) {
+                    v = v.blend(0f, v.compare(LE, 0f));
+                }
+                v.intoMemorySegment(y, o, NATIVE);
+                c += HL;
+            }
+            for (; c < c1; c++) {
                 long o = base + 4L * c;
                 y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, o, relu));
             }
@@ -480,7 +497,25 @@ final class VectorTransforms {
                 }
                 v.intoMemorySegment(dx, o, NATIVE);
             }
-            for (int ch = vectorEnd; ch < c1; ch++) {
+            int ch = vectorEnd;
+            if (c1 - ch >= HL) {                // a half vector for the rest, as in rowNormalize
+                long o = base + 4L * ch;
+                FloatVector g = FloatVector.fromMemorySegment(HALF, dy, o, NATIVE);
+                if (y != null) {
+                    g = g.blend(0f, FloatVector.fromMemorySegment(HALF, y, o, NATIVE).compare(LE, 0f));
+                }
+                if (dres != null) {
+                    g.intoMemorySegment(dres, o, NATIVE);
+                }
+                FloatVector v = g.fma(FloatVector.fromArray(HALF, a, ch), FloatVector.fromArray(HALF, c, ch));
+                if (x != null) {
+                    v = FloatVector.fromMemorySegment(HALF, x, o, NATIVE).sub(FloatVector.fromArray(HALF, mean, ch))
+                            .fma(FloatVector.fromArray(HALF, b, ch), v);
+                }
+                v.intoMemorySegment(dx, o, NATIVE);
+                ch += HL;
+            }
+            for (; ch < c1; ch++) {
                 ScalarKernels.gradientInput(x, dy, y, dx, dres, base + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
         }
