@@ -31,10 +31,6 @@ final class VectorTransforms {
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final VectorOperators.Comparison LE = VectorOperators.LE;
-    /** NHWC transforms over many channels: rows per block of the grouped walk. */
-    private static final int GROUP_ROWS = 8;
-    /** ... and the most bytes of x a call may span to take that walk (see {@link #grouped}). */
-    private static final long GROUPED_MAX_BYTES = 24L * 1024 * 1024;
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
     /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
     private static final ScalarKernels SCALAR = new ScalarKernels();
@@ -207,25 +203,32 @@ final class VectorTransforms {
     static void rowNormalize(MemorySegment x, MemorySegment res, MemorySegment y, boolean relu,
                              int channels, long row0, long row1, int c0, int c1, float[] mean,
                              float[] scale, float[] offset) {
-        boolean whole = c0 == 0 && c1 == channels;
-        if (FL == 16 && channels == 64 && whole) {
-            // One group over every row: the walk of grouped(), for which a row is one group.
-            normalizeGroups(x, res, y, relu, 256, row0, row1, 64, row1 - row0, mean, scale, offset);
-            return;
-        }
-        if (FL == 16 && channels == 128 && whole) {
-            normalize128(x, res, y, relu, row0, row1, mean, scale, offset);
-            return;
-        }
         long rowBytes = 4L * channels;
-        if (grouped(channels, c0, c1, row0, row1, x.equals(y) || y.equals(res))) {
-            long blocked = row0 + (row1 - row0) / GROUP_ROWS * GROUP_ROWS;
-            normalizeGroups(x, res, y, relu, rowBytes, row0, blocked, channels, GROUP_ROWS, mean, scale, offset);
-            row0 = blocked;
-        } else if (channels >= WIDE_ROW_CHANNELS) {
+        if (channels >= WIDE_ROW_CHANNELS && res == null && x.equals(y)) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
-            normalizeRows4(x, res, y, relu, rowBytes, row0, blocked, c0, c1, mean, scale, offset);
+            normalizeRows4(x, y, relu, rowBytes, row0, blocked, c0, c1, mean, scale, offset);
             row0 = blocked;
+        }
+        if (c0 == 0 && c1 == channels && channels % FL == 0) {
+            // Out of place, whole rows: one stream of vectors in memory order, the parameters'
+            // index wrapping at each row's end (no inner loop of a few trips per row).
+            int c = 0;
+            for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
+                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
+                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
+                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
+                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b);
+                if (res != null) {
+                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+                }
+                if (relu) {
+                    v = v.blend(0f, v.compare(LE, 0f));
+                }
+                v.intoMemorySegment(y, o, NATIVE);
+                c += FL;
+                c = c == channels ? 0 : c;
+            }
+            return;
         }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
@@ -268,14 +271,19 @@ final class VectorTransforms {
 
     /**
      * Rows [row0, row1), a multiple of 4 of them, four rows per load of the three parameter
-     * vectors: from {@link #WIDE_ROW_CHANNELS} channels the parameters take 12 KiB or more and,
-     * loaded for every row, crowd the tensors' lines out of L1. The four rows are loaded before
-     * any is stored: rows 4 or 8 KiB apart share their low 12 address bits with the stores, and
-     * the core holds such a load back behind the store. (PERFORMANCE.md, transforms.)
+     * vectors, for the in-place transform of wide rows: the stores find their lines cached, and
+     * the parameters (12 KiB and more), loaded once per four rows, leave L1 to the tensors'
+     * lines. (Out of place one
+     * sequential stream of stores beats four streams a row apart: PERFORMANCE.md.) The four
+     * rows are loaded before any is stored: rows 4 or 8 KiB apart share their low 12 address
+     * bits with the stores, and the core holds such a load back behind the store.
      */
-    private static void normalizeRows4(MemorySegment x, MemorySegment res, MemorySegment y,
-                                       boolean relu, long rowBytes, long row0, long row1, int c0,
-                                       int c1, float[] mean, float[] scale, float[] offset) {
+    private static void normalizeRows4(MemorySegment x, MemorySegment y, boolean relu,
+                                       long rowBytes, long row0, long row1, int c0, int c1,
+                                       float[] mean, float[] scale, float[] offset) {
+        // ReLU without a branch: v <= NaN is never true. Vectors merged from two branches in
+        // this four-row body were boxed by C2 (AllocationTest).
+        float floor = relu ? 0f : Float.NaN;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r += 4) {
             long base = r * rowBytes;
@@ -288,173 +296,14 @@ final class VectorTransforms {
                 FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE).sub(m).fma(a, b);
                 FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o2, NATIVE).sub(m).fma(a, b);
                 FloatVector v3 = FloatVector.fromMemorySegment(FLOATS, x, o3, NATIVE).sub(m).fma(a, b);
-                if (res != null) {
-                    v0 = v0.add(FloatVector.fromMemorySegment(FLOATS, res, o0, NATIVE));
-                    v1 = v1.add(FloatVector.fromMemorySegment(FLOATS, res, o1, NATIVE));
-                    v2 = v2.add(FloatVector.fromMemorySegment(FLOATS, res, o2, NATIVE));
-                    v3 = v3.add(FloatVector.fromMemorySegment(FLOATS, res, o3, NATIVE));
-                }
-                if (relu) {
-                    v0 = v0.blend(0f, v0.compare(LE, 0f));
-                    v1 = v1.blend(0f, v1.compare(LE, 0f));
-                    v2 = v2.blend(0f, v2.compare(LE, 0f));
-                    v3 = v3.blend(0f, v3.compare(LE, 0f));
-                }
-                v0.intoMemorySegment(y, o0, NATIVE);
-                v1.intoMemorySegment(y, o1, NATIVE);
-                v2.intoMemorySegment(y, o2, NATIVE);
-                v3.intoMemorySegment(y, o3, NATIVE);
+                v0.blend(0f, v0.compare(LE, floor)).intoMemorySegment(y, o0, NATIVE);
+                v1.blend(0f, v1.compare(LE, floor)).intoMemorySegment(y, o1, NATIVE);
+                v2.blend(0f, v2.compare(LE, floor)).intoMemorySegment(y, o2, NATIVE);
+                v3.blend(0f, v3.compare(LE, floor)).intoMemorySegment(y, o3, NATIVE);
             }
             for (int c = vectorEnd; c < c1; c++) {
                 for (long o = base + 4L * c, e = o + 4 * rowBytes; o < e; o += rowBytes) {
-                    y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, o, relu));
-                }
-            }
-        }
-    }
-
-    /** As the 64-channel case of {@link #normalizeGroups} for 128 channels: 24 parameter vectors, a row is 8 vectors. */
-    private static void normalize128(MemorySegment x, MemorySegment res, MemorySegment y,
-                                     boolean relu, long row0, long row1, float[] mean,
-                                     float[] scale, float[] offset) {
-        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
-        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
-        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
-        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
-        FloatVector m4 = FloatVector.fromArray(FLOATS, mean, 64);
-        FloatVector m5 = FloatVector.fromArray(FLOATS, mean, 80);
-        FloatVector m6 = FloatVector.fromArray(FLOATS, mean, 96);
-        FloatVector m7 = FloatVector.fromArray(FLOATS, mean, 112);
-        FloatVector a0 = FloatVector.fromArray(FLOATS, scale, 0);
-        FloatVector a1 = FloatVector.fromArray(FLOATS, scale, 16);
-        FloatVector a2 = FloatVector.fromArray(FLOATS, scale, 32);
-        FloatVector a3 = FloatVector.fromArray(FLOATS, scale, 48);
-        FloatVector a4 = FloatVector.fromArray(FLOATS, scale, 64);
-        FloatVector a5 = FloatVector.fromArray(FLOATS, scale, 80);
-        FloatVector a6 = FloatVector.fromArray(FLOATS, scale, 96);
-        FloatVector a7 = FloatVector.fromArray(FLOATS, scale, 112);
-        FloatVector b0 = FloatVector.fromArray(FLOATS, offset, 0);
-        FloatVector b1 = FloatVector.fromArray(FLOATS, offset, 16);
-        FloatVector b2 = FloatVector.fromArray(FLOATS, offset, 32);
-        FloatVector b3 = FloatVector.fromArray(FLOATS, offset, 48);
-        FloatVector b4 = FloatVector.fromArray(FLOATS, offset, 64);
-        FloatVector b5 = FloatVector.fromArray(FLOATS, offset, 80);
-        FloatVector b6 = FloatVector.fromArray(FLOATS, offset, 96);
-        FloatVector b7 = FloatVector.fromArray(FLOATS, offset, 112);
-        for (long o = row0 * 512, end = row1 * 512; o < end; o += 512) {
-            FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0);
-            FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1);
-            FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2);
-            FloatVector v3 = FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3);
-            FloatVector v4 = FloatVector.fromMemorySegment(FLOATS, x, o + 256, NATIVE).sub(m4).fma(a4, b4);
-            FloatVector v5 = FloatVector.fromMemorySegment(FLOATS, x, o + 320, NATIVE).sub(m5).fma(a5, b5);
-            FloatVector v6 = FloatVector.fromMemorySegment(FLOATS, x, o + 384, NATIVE).sub(m6).fma(a6, b6);
-            FloatVector v7 = FloatVector.fromMemorySegment(FLOATS, x, o + 448, NATIVE).sub(m7).fma(a7, b7);
-            if (res != null) {
-                v0 = v0.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
-                v1 = v1.add(FloatVector.fromMemorySegment(FLOATS, res, o + 64, NATIVE));
-                v2 = v2.add(FloatVector.fromMemorySegment(FLOATS, res, o + 128, NATIVE));
-                v3 = v3.add(FloatVector.fromMemorySegment(FLOATS, res, o + 192, NATIVE));
-                v4 = v4.add(FloatVector.fromMemorySegment(FLOATS, res, o + 256, NATIVE));
-                v5 = v5.add(FloatVector.fromMemorySegment(FLOATS, res, o + 320, NATIVE));
-                v6 = v6.add(FloatVector.fromMemorySegment(FLOATS, res, o + 384, NATIVE));
-                v7 = v7.add(FloatVector.fromMemorySegment(FLOATS, res, o + 448, NATIVE));
-            }
-            if (relu) {
-                v0 = v0.blend(0f, v0.compare(LE, 0f));
-                v1 = v1.blend(0f, v1.compare(LE, 0f));
-                v2 = v2.blend(0f, v2.compare(LE, 0f));
-                v3 = v3.blend(0f, v3.compare(LE, 0f));
-                v4 = v4.blend(0f, v4.compare(LE, 0f));
-                v5 = v5.blend(0f, v5.compare(LE, 0f));
-                v6 = v6.blend(0f, v6.compare(LE, 0f));
-                v7 = v7.blend(0f, v7.compare(LE, 0f));
-            }
-            v0.intoMemorySegment(y, o, NATIVE);
-            v1.intoMemorySegment(y, o + 64, NATIVE);
-            v2.intoMemorySegment(y, o + 128, NATIVE);
-            v3.intoMemorySegment(y, o + 192, NATIVE);
-            v4.intoMemorySegment(y, o + 256, NATIVE);
-            v5.intoMemorySegment(y, o + 320, NATIVE);
-            v6.intoMemorySegment(y, o + 384, NATIVE);
-            v7.intoMemorySegment(y, o + 448, NATIVE);
-        }
-    }
-
-    /**
-     * NHWC transforms over many channels (512 or more, in groups of 64; from {@link
-     * #WIDE_ROW_CHANNELS} on only in place, where it beats {@link #normalizeRows4}) in a range
-     * the caches can hold: blocks of {@link #GROUP_ROWS} rows, each group of 64 channels keeping
-     * its parameters in registers across the block's rows instead of reloading three parameter
-     * vectors per data vector. From memory the walk through the block by columns loses, hence
-     * the size limit {@link #GROUPED_MAX_BYTES}. (PERFORMANCE.md, transforms.)
-     */
-    private static boolean grouped(int channels, int c0, int c1, long row0, long row1,
-                                   boolean inPlace) {
-        return FL == 16 && channels >= 512 && (channels < WIDE_ROW_CHANNELS || inPlace)
-                && channels % 64 == 0 && c0 == 0 && c1 == channels
-                && (row1 - row0) * 4L * channels <= GROUPED_MAX_BYTES;
-    }
-
-    /**
-     * Rows [row0, row1) in blocks of {@code blockRows} rows (512 bits; channels a multiple of
-     * 64): within a block, each group of 64 channels keeps its 12 parameter vectors in registers
-     * across the block's rows, and a row of the group is 4 vectors. 64 channels are one group,
-     * walked over all rows as one block; wider rows take blocks of {@link #GROUP_ROWS} (see
-     * {@link #grouped}).
-     */
-    private static void normalizeGroups(MemorySegment x, MemorySegment res, MemorySegment y,
-                                        boolean relu, long rowBytes, long row0, long row1,
-                                        int channels, long blockRows, float[] mean,
-                                        float[] scale, float[] offset) {
-        for (long r = row0; r < row1; r += blockRows) {
-            long base = r * rowBytes, blockEnd = Math.min(row1, r + blockRows) * rowBytes;
-            for (int c = 0; c < channels; c += 64) {
-                FloatVector m0 = FloatVector.fromArray(FLOATS, mean, c);
-                FloatVector m1 = FloatVector.fromArray(FLOATS, mean, c + 16);
-                FloatVector m2 = FloatVector.fromArray(FLOATS, mean, c + 32);
-                FloatVector m3 = FloatVector.fromArray(FLOATS, mean, c + 48);
-                FloatVector a0 = FloatVector.fromArray(FLOATS, scale, c);
-                FloatVector a1 = FloatVector.fromArray(FLOATS, scale, c + 16);
-                FloatVector a2 = FloatVector.fromArray(FLOATS, scale, c + 32);
-                FloatVector a3 = FloatVector.fromArray(FLOATS, scale, c + 48);
-                FloatVector b0 = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector b1 = FloatVector.fromArray(FLOATS, offset, c + 16);
-                FloatVector b2 = FloatVector.fromArray(FLOATS, offset, c + 32);
-                FloatVector b3 = FloatVector.fromArray(FLOATS, offset, c + 48);
-                for (long o = base + 4L * c, end = blockEnd + 4L * c; o < end; o += rowBytes) {
-                    FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(a0, b0);
-                    if (res != null) {
-                        v0 = v0.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
-                    }
-                    if (relu) {
-                        v0 = v0.blend(0f, v0.compare(LE, 0f));
-                    }
-                    v0.intoMemorySegment(y, o, NATIVE);
-                    FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(a1, b1);
-                    if (res != null) {
-                        v1 = v1.add(FloatVector.fromMemorySegment(FLOATS, res, o + 64, NATIVE));
-                    }
-                    if (relu) {
-                        v1 = v1.blend(0f, v1.compare(LE, 0f));
-                    }
-                    v1.intoMemorySegment(y, o + 64, NATIVE);
-                    FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(a2, b2);
-                    if (res != null) {
-                        v2 = v2.add(FloatVector.fromMemorySegment(FLOATS, res, o + 128, NATIVE));
-                    }
-                    if (relu) {
-                        v2 = v2.blend(0f, v2.compare(LE, 0f));
-                    }
-                    v2.intoMemorySegment(y, o + 128, NATIVE);
-                    FloatVector v3 = FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(a3, b3);
-                    if (res != null) {
-                        v3 = v3.add(FloatVector.fromMemorySegment(FLOATS, res, o + 192, NATIVE));
-                    }
-                    if (relu) {
-                        v3 = v3.blend(0f, v3.compare(LE, 0f));
-                    }
-                    v3.intoMemorySegment(y, o + 192, NATIVE);
+                    y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), null, o, relu));
                 }
             }
         }
@@ -465,10 +314,6 @@ final class VectorTransforms {
                                  long row1, int c0, int c1, float[] mean, float[] a, float[] b,
                                  float[] c) {
         // Without x (the frozen form) only the general loop: no measured need for the others.
-        if (FL == 16 && channels == 64 && c0 == 0 && c1 == 64 && x != null) {
-            gradientInput64(x, dy, y, dx, dres, row0, row1, mean, a, b, c);
-            return;
-        }
         long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         if (channels > WIDE_ROW_CHANNELS && x != null) {
@@ -574,59 +419,4 @@ final class VectorTransforms {
         }
     }
 
-    /** As the 64-channel case of {@link #normalizeGroups}: 16 parameter vectors in registers, a row is 4 vectors. */
-    private static void gradientInput64(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                        MemorySegment dx, MemorySegment dres, long row0,
-                                        long row1, float[] mean, float[] a, float[] b, float[] c) {
-        FloatVector m0 = FloatVector.fromArray(FLOATS, mean, 0);
-        FloatVector m1 = FloatVector.fromArray(FLOATS, mean, 16);
-        FloatVector m2 = FloatVector.fromArray(FLOATS, mean, 32);
-        FloatVector m3 = FloatVector.fromArray(FLOATS, mean, 48);
-        FloatVector a0 = FloatVector.fromArray(FLOATS, a, 0);
-        FloatVector a1 = FloatVector.fromArray(FLOATS, a, 16);
-        FloatVector a2 = FloatVector.fromArray(FLOATS, a, 32);
-        FloatVector a3 = FloatVector.fromArray(FLOATS, a, 48);
-        FloatVector b0 = FloatVector.fromArray(FLOATS, b, 0);
-        FloatVector b1 = FloatVector.fromArray(FLOATS, b, 16);
-        FloatVector b2 = FloatVector.fromArray(FLOATS, b, 32);
-        FloatVector b3 = FloatVector.fromArray(FLOATS, b, 48);
-        FloatVector c0 = FloatVector.fromArray(FLOATS, c, 0);
-        FloatVector c1 = FloatVector.fromArray(FLOATS, c, 16);
-        FloatVector c2 = FloatVector.fromArray(FLOATS, c, 32);
-        FloatVector c3 = FloatVector.fromArray(FLOATS, c, 48);
-        for (long o = row0 * 256, end = row1 * 256; o < end; o += 256) {
-            FloatVector g0 = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
-            if (y != null) {
-                g0 = g0.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
-            }
-            if (dres != null) {
-                g0.intoMemorySegment(dres, o, NATIVE);
-            }
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m0).fma(b0, g0.fma(a0, c0)).intoMemorySegment(dx, o, NATIVE);
-            FloatVector g1 = FloatVector.fromMemorySegment(FLOATS, dy, o + 64, NATIVE);
-            if (y != null) {
-                g1 = g1.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + 64, NATIVE).compare(LE, 0f));
-            }
-            if (dres != null) {
-                g1.intoMemorySegment(dres, o + 64, NATIVE);
-            }
-            FloatVector.fromMemorySegment(FLOATS, x, o + 64, NATIVE).sub(m1).fma(b1, g1.fma(a1, c1)).intoMemorySegment(dx, o + 64, NATIVE);
-            FloatVector g2 = FloatVector.fromMemorySegment(FLOATS, dy, o + 128, NATIVE);
-            if (y != null) {
-                g2 = g2.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + 128, NATIVE).compare(LE, 0f));
-            }
-            if (dres != null) {
-                g2.intoMemorySegment(dres, o + 128, NATIVE);
-            }
-            FloatVector.fromMemorySegment(FLOATS, x, o + 128, NATIVE).sub(m2).fma(b2, g2.fma(a2, c2)).intoMemorySegment(dx, o + 128, NATIVE);
-            FloatVector g3 = FloatVector.fromMemorySegment(FLOATS, dy, o + 192, NATIVE);
-            if (y != null) {
-                g3 = g3.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + 192, NATIVE).compare(LE, 0f));
-            }
-            if (dres != null) {
-                g3.intoMemorySegment(dres, o + 192, NATIVE);
-            }
-            FloatVector.fromMemorySegment(FLOATS, x, o + 192, NATIVE).sub(m3).fma(b3, g3.fma(a3, c3)).intoMemorySegment(dx, o + 192, NATIVE);
-        }
-    }
 }
