@@ -10,17 +10,11 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The NHWC reductions take different walks by channel count: at 512 bits, 64-channel register
- * groups over row blocks (up to 1023 channels), and row blocks of 4 or 8 rows updating
- * accumulators in arrays (the rest, and every other width). The register groups walk 128 KiB
- * blocks, or, with a read-ahead of the next block when the tensors a pass reads (x, or x and dy)
- * exceed 16 MiB (from 256 channels) or 32 MiB (128 to 255), blocks of a few KiB below 512
- * channels and, from there, 128 KiB (statistics) or 384 KiB of each tensor (gradient sums).
- * Each must give the bits of the scalar kernels (one double accumulator per channel, rows added
- * in order). The engine's chunks are rarely longer than one block on test-sized tensors, so this
- * calls the kernels directly on row ranges that span several blocks and end in a partial one; x
- * and dy end exactly at the range's last row, so a read-ahead past it would throw (the read-ahead
- * cases use 10-34 MB tensors and the rows at their end).
+ * The NHWC reductions walk rows four at a time, vectors of channels and then the channels past
+ * the last full vector one by one, and a remainder of rows one at a time. Each must give the
+ * bits of the scalar kernels (one double accumulator per channel, rows added in order), on row
+ * ranges that start and end anywhere and on channel ranges inside the row; the engine's chunks
+ * are short on test-sized tensors, so this calls the kernels directly.
  */
 class RowReductionTest {
 

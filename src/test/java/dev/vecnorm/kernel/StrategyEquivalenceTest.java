@@ -17,7 +17,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * The NCHW engine walks blocks of channels, each reduced and then transformed while cached, or
  * takes two passes in memory order (a plane at a time); the choice and the block size come from
  * the cache sizes and the thread count, and must not change a bit. This test forces two passes
- * and several block sizes, with one and four threads, on small shapes. Channel 1 is a far
+ * and several block sizes, with one and four threads, on small shapes, for the plain and the
+ * fused ReLU backward. Channel 1 is a far
  * channel, whose outputs the engine computes in double after the kernels' pass, per block or at
  * the end.
  */
@@ -75,9 +76,17 @@ class StrategyEquivalenceTest {
             engine.backward(x, dy, null, mean, var, dx, dg, db, false);
             MemorySegment fdx = arena.allocate(4 * e), fdg = arena.allocate(4L * c);
             engine.backward(x, dy, null, mean, var, fdx, fdg, null, true);
+            // Fused ReLU backward, with y as the mask (about half of it <= 0): g is written and
+            // summed block by block in the two-pass walk, per channel block otherwise.
+            MemorySegment rdx = arena.allocate(4 * e), rdg = arena.allocate(4L * c);
+            MemorySegment rdb = arena.allocate(4L * c), rdres = arena.allocate(4 * e);
+            MemorySegment adx = arena.allocate(4 * e);
+            engine.backward(x, dy, y, null, mean, var, rdx, null, rdg, rdb, false);
+            engine.backward(x, dy, y, null, mean, var, adx, rdres, null, null, false);
             ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
             return new float[][] {y.toArray(f), mean.toArray(f), var.toArray(f), dx.toArray(f),
-                dg.toArray(f), db.toArray(f), fdx.toArray(f), fdg.toArray(f)};
+                dg.toArray(f), db.toArray(f), fdx.toArray(f), fdg.toArray(f), rdx.toArray(f),
+                rdg.toArray(f), rdb.toArray(f), adx.toArray(f), rdres.toArray(f)};
         }
     }
 }
