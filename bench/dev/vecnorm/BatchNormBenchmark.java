@@ -99,24 +99,39 @@ public class BatchNormBenchmark {
     }
 
     /**
-     * Calls the benchmarked kernel before JMH's own warm-up: 3 times for the vector kernels, whose
-     * first calls run vector code in the interpreter (one 50x128x28x28 NHWC backward took 0.58 s,
-     * the steady state 5-6 ms), longer than a quick run's 200 ms warm-up iteration, so without
-     * this a measured iteration could still include them. Once for the scalar kernels: their
-     * loops are compiled on stack during the first call, and on the large shapes a call takes
-     * 0.1-0.2 s, so two more would add about 4 s to the default report for nothing.
+     * Calls the benchmarked kernel before JMH's own warm-up. The vector kernels' first calls run
+     * vector code in the interpreter and then in C1, allocating a box per vector operation (one
+     * 50x128x28x28 NHWC backward took 0.58 s, the steady state 5-6 ms), and C2 takes a while:
+     * with 3 calls and a quick run's 200 ms warm-up iteration, a 0.1 ms NCHW backward was still
+     * allocating 0.2 MB a call in its first measured iteration, and one report measured it at 4x
+     * its steady time. So the vector kernels get {@link #warmUp(Runnable)}. The scalar kernels,
+     * compiled on stack during their first call, get one call (on the large shapes a call takes
+     * 0.1-0.2 s).
      */
     private void warmUp(String name) {
-        for (int calls = 0; calls < (kernels.equals("scalar") ? 1 : 3); calls++) {
-            switch (name) {
-                case "forwardTraining" -> forwardTraining();
-                case "forwardInference" -> forwardInference();
-                case "forwardInferenceInPlace" -> forwardInferenceInPlace();
-                case "backward" -> backward();
-                default -> {
-                    return;
-                }
-            }
+        Runnable kernel = switch (name) {
+            case "forwardTraining" -> this::forwardTraining;
+            case "forwardInference" -> this::forwardInference;
+            case "forwardInferenceInPlace" -> this::forwardInferenceInPlace;
+            case "backward" -> this::backward;
+            default -> null;
+        };
+        if (kernel == null) {
+            return;
+        }
+        if (kernels.equals("scalar")) {
+            kernel.run();
+        } else {
+            warmUp(kernel);
+        }
+    }
+
+    /** Calls {@code kernel} at least 3 times, then until 20 000 calls or 1 s, whichever is first. */
+    static void warmUp(Runnable kernel) {
+        long start = System.nanoTime();
+        for (int calls = 0; calls < 3 || (calls < 20_000 && System.nanoTime() - start < 1_000_000_000L);
+             calls++) {
+            kernel.run();
         }
     }
 

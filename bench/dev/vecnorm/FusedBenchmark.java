@@ -72,12 +72,12 @@ public class FusedBenchmark {
         plain = BatchNorm.builder(tensor).epsilon(1e-5f).parallelism(threads).build();
         relu = BatchNorm.builder(tensor).epsilon(1e-5f).parallelism(threads).activation(Activation.RELU).build();
         relu.forwardTraining(x, r, gamma, beta, y, mean, variance);
-        for (int i = 0; i < 3; i++) {              // past the interpreter, as BatchNormBenchmark
+        BatchNormBenchmark.warmUp(() -> {          // past the interpreter and C1, as BatchNormBenchmark
             addReluTraining();
             addReluTrainingSeparate();
             addReluBackward();
             addReluBackwardSeparate();
-        }
+        });
         relu.forwardTraining(x, r, gamma, beta, y, mean, variance);
     }
 
