@@ -306,11 +306,11 @@ public final class BatchNormEngine {
      * identity, their y computed by {@link #finishFar}.
      */
     private int trainingParameters(Scratch w, int c0, int c1) {
-        double[] meanD = w.meanD, varD = w.varD;
-        float[] g = w.g, b = w.b, mu = w.mu, var = w.var, scale = w.scale;
+        double[] meanD = w.meanD, varD = w.varD, aD = w.aD;
+        float[] b = w.b, mu = w.mu, var = w.var, scale = w.scale;
         w.moments.finish(c0, c1, meanD, varD);
-        scales(g, varD, epsilon, w.aD, c0, c1);
-        trainingFloats(meanD, varD, w.aD, b, mu, var, scale, w.offset, c0, c1);
+        scales(w.g, varD, epsilon, aD, c0, c1);
+        trainingFloats(meanD, varD, aD, b, mu, var, scale, w.offset, c0, c1);
         MemorySegment.copy(mu, c0, w.mean, F32, 4L * c0, c1 - c0);
         MemorySegment.copy(var, c0, w.variance, F32, 4L * c0, c1 - c0);
         if (suspects(scale, mu, c0, c1) == 0) {
@@ -318,10 +318,9 @@ public final class BatchNormEngine {
         }
         int far = 0;
         for (int c = c0; c < c1; c++) {
-            double a = g[c] / Math.sqrt(varD[c] + epsilon);   // scale[c], unrounded
             w.far[c] = false;
-            if (isFar(mu[c]) || lossy(a)) {
-                far += far(w, c, meanD[c], a, b[c], 0);
+            if (isFar(mu[c]) || lossy(aD[c])) {            // aD: scale[c], unrounded
+                far += far(w, c, meanD[c], aD[c], b[c], 0);
             }
         }
         return far;
@@ -477,7 +476,8 @@ public final class BatchNormEngine {
         channelVector(variance, 0f, w.var);
         float[] mu = channelVector(mean, 0f, w.mu);
         boolean sums = !frozen || dgamma != null || dbeta != null;
-        double[] sumDy = w.clear(w.sumDy), sumDyXmu = w.clear(w.sumDyXmu);
+        w.clear(w.sumDy);
+        w.clear(w.sumDyXmu);
         widen(mu, w.meanD);
         w.x = x;
         w.dy = dy;

@@ -18,9 +18,8 @@ import org.junit.jupiter.params.provider.CsvSource;
  * takes two passes in memory order (a plane at a time); the choice and the block size come from
  * the cache sizes and the thread count, and must not change a bit. This test forces two passes
  * and several block sizes, with one and four threads, on small shapes, for the plain and the
- * fused ReLU backward. Channel 1 is a far
- * channel, whose outputs the engine computes in double after the kernels' pass, per block or at
- * the end.
+ * fused ReLU backward. Channel 1 is a far channel, whose outputs the engine computes in double
+ * after the kernels' pass, per block or at the end.
  */
 class StrategyEquivalenceTest {
 
@@ -76,8 +75,8 @@ class StrategyEquivalenceTest {
             engine.backward(x, dy, null, mean, var, dx, dg, db, false);
             MemorySegment fdx = arena.allocate(4 * e), fdg = arena.allocate(4L * c);
             engine.backward(x, dy, null, mean, var, fdx, fdg, null, true);
-            // Fused ReLU backward, with y as the mask (about half of it <= 0): g is written and
-            // summed block by block in the two-pass walk, per channel block otherwise.
+            // Fused ReLU backward, with y as the mask (about half of it <= 0): g is written in
+            // one pass over the tensor in the two-pass walk, per channel block otherwise.
             MemorySegment rdx = arena.allocate(4 * e), rdg = arena.allocate(4L * c);
             MemorySegment rdb = arena.allocate(4L * c), rdres = arena.allocate(4 * e);
             MemorySegment adx = arena.allocate(4 * e);
