@@ -140,4 +140,40 @@ public interface BatchNormKernels {
                                   float[] b, float[] c) {
         rowGradientInput(x, dy, null, dx, null, channels, row0, row1, c0, c1, mean, a, b, c);
     }
+    // ---- Runs: n contiguous floats at byte offset off, the same offset in every tensor of a call
+    //      (the rows of LayerNorm and RMSNorm; reductions over a run use channelMoments) ----
+
+    /** {@code residual[i] = x[i] + residual[i]} over the run (one float addition each). */
+    void runAdd(MemorySegment x, MemorySegment residual, long off, int n);
+
+    /**
+     * {@code y[i] = fma(x[i] - hi, a, fma(-lo, a, bias[i]))} with {@code a = rstd * weight[i]}
+     * (float multiplication), over the run; {@code weight} and {@code bias} hold n floats from
+     * byte 0. {@code y} may be {@code x}.
+     */
+    void runNormalize(MemorySegment x, MemorySegment y, long off, int n, float hi, float lo,
+                      float rstd, MemorySegment weight, MemorySegment bias);
+
+    /**
+     * Gradient sums of a run with a weight per position: {@code g = (double) dy * weight[i]},
+     * {@code out[0] = sum g}, {@code out[1] = sum ((double) x - mean) * g}, in the lane order of
+     * {@link #channelGradientSums} (one plane of n values, lanes starting from zero).
+     */
+    void runGradientSums(MemorySegment x, MemorySegment dy, long off, int n, double mean,
+                         MemorySegment weight, double[] out);
+
+    /**
+     * {@code dx[i] = fma(x[i] - mean, b, fma(dy[i], a, c))} with {@code a = rstd * weight[i]}
+     * (float multiplication), over the run. {@code dx} may be {@code dy}.
+     */
+    void runGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long off, int n,
+                          float mean, float rstd, MemorySegment weight, float b, float c);
+
+    /**
+     * The parameter gradients' terms of a run, position by position in double:
+     * {@code dw[i] = fma(((double) x[i] - mean) * rstd, dy[i], dw[i])} and
+     * {@code db[i] += dy[i]}; either array may be null (not computed).
+     */
+    void runParameterGradients(MemorySegment x, MemorySegment dy, long off, int n, double mean,
+                               double rstd, double[] dw, double[] db);
 }

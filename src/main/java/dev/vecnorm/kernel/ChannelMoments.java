@@ -94,4 +94,9 @@ public final class ChannelMoments {
     public double variance(int c) {
         return m2[c] / count[c];
     }
+
+    /** The sum of squared deviations from the mean of channel {@code c} (M2). */
+    public double m2(int c) {
+        return m2[c];
+    }
 }

@@ -217,4 +217,67 @@ public final class ScalarKernels implements BatchNormKernels {
             }
         }
     }
+    // ------------------------------------------------------------------------------------ runs
+
+    @Override
+    public void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
+        for (long o = off, end = off + 4L * n; o < end; o += 4) {
+            residual.set(F32, o, x.get(F32, o) + residual.get(F32, o));
+        }
+    }
+
+    @Override
+    public void runNormalize(MemorySegment x, MemorySegment y, long off, int n, float hi, float lo,
+                             float rstd, MemorySegment weight, MemorySegment bias) {
+        for (int i = 0; i < n; i++) {
+            long o = off + 4L * i;
+            float a = rstd * weight.getAtIndex(F32, i);
+            y.set(F32, o, Math.fma(x.get(F32, o) - hi, a, Math.fma(-lo, a, bias.getAtIndex(F32, i))));
+        }
+    }
+
+    @Override
+    public void runGradientSums(MemorySegment x, MemorySegment dy, long off, int n, double mean,
+                                MemorySegment weight, double[] out) {
+        double[] lanes = RUN.get();
+        java.util.Arrays.fill(lanes, 0.0);
+        int body = n - n % TAIL_GRANULE, tail = 2 * LANES;
+        for (int i = 0; i < n; i++) {
+            long o = off + 4L * i;
+            double g = (double) dy.get(F32, o) * weight.getAtIndex(F32, i);
+            double d = (double) x.get(F32, o) - mean;
+            int lane = i < body ? i % LANES : tail;
+            int second = i < body ? LANES + lane : tail + 1;
+            lanes[lane] += g;
+            lanes[second] = Math.fma(d, g, lanes[second]);
+        }
+        out[0] = LaneTree.combine(lanes, 0, lanes[tail]);
+        out[1] = LaneTree.combine(lanes, LANES, lanes[tail + 1]);
+    }
+
+    @Override
+    public void runGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long off,
+                                 int n, float mean, float rstd, MemorySegment weight, float b,
+                                 float c) {
+        for (int i = 0; i < n; i++) {
+            long o = off + 4L * i;
+            float a = rstd * weight.getAtIndex(F32, i);
+            dx.set(F32, o, Math.fma(x.get(F32, o) - mean, b, Math.fma(dy.get(F32, o), a, c)));
+        }
+    }
+
+    @Override
+    public void runParameterGradients(MemorySegment x, MemorySegment dy, long off, int n,
+                                      double mean, double rstd, double[] dw, double[] db) {
+        for (int i = 0; i < n; i++) {
+            long o = off + 4L * i;
+            double g = dy.get(F32, o);
+            if (dw != null) {
+                dw[i] = Math.fma(((double) x.get(F32, o) - mean) * rstd, g, dw[i]);
+            }
+            if (db != null) {
+                db[i] += g;
+            }
+        }
+    }
 }

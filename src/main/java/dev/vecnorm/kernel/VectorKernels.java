@@ -128,4 +128,35 @@ final class VectorKernels implements BatchNormKernels {
                                  float[] b, float[] c) {
         VectorTransforms.rowGradientInput(x, dy, y, dx, dresidual, channels, row0, row1, c0, c1, mean, a, b, c);
     }
+    // ------------------------------------------------------------------------------------ runs
+
+    @Override
+    public void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
+        VectorRuns.runAdd(x, residual, off, n);
+    }
+
+    @Override
+    public void runNormalize(MemorySegment x, MemorySegment y, long off, int n, float hi, float lo,
+                             float rstd, MemorySegment weight, MemorySegment bias) {
+        VectorRuns.runNormalize(x, y, off, n, hi, lo, rstd, weight, bias);
+    }
+
+    @Override
+    public void runGradientSums(MemorySegment x, MemorySegment dy, long off, int n, double mean,
+                                MemorySegment weight, double[] out) {
+        VectorRuns.runGradientSums(x, dy, off, n, mean, weight, out);
+    }
+
+    @Override
+    public void runGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, long off,
+                                 int n, float mean, float rstd, MemorySegment weight, float b,
+                                 float c) {
+        VectorRuns.runGradientInput(x, dy, dx, off, n, mean, rstd, weight, b, c);
+    }
+
+    @Override
+    public void runParameterGradients(MemorySegment x, MemorySegment dy, long off, int n,
+                                      double mean, double rstd, double[] dw, double[] db) {
+        VectorRuns.runParameterGradients(x, dy, off, n, mean, rstd, dw, db);
+    }
 }
