@@ -143,6 +143,15 @@ public interface BatchNormKernels {
     // ---- Runs: n contiguous floats at byte offset off, the same offset in every tensor of a call
     //      (the rows of LayerNorm and RMSNorm; reductions over a run use channelMoments) ----
 
+    /**
+     * {@code sum(x^2)} over the run in double: the second quantity of {@link #channelMoments}
+     * with shift 0 (one plane, lanes from zero), the same bits without the first quantity.
+     */
+    double runSumSquares(MemorySegment x, long off, int n);
+
+    /** {@code y[i] = x[i] * (rstd * weight[i])}, two float multiplications. {@code y} may be {@code x}. */
+    void runScale(MemorySegment x, MemorySegment y, long off, int n, float rstd, MemorySegment weight);
+
     /** {@code residual[i] = x[i] + residual[i]} over the run (one float addition each). */
     void runAdd(MemorySegment x, MemorySegment residual, long off, int n);
 

@@ -98,22 +98,23 @@ public final class RowNormEngine {
                 kernels.runAdd(w.x, w.residual, off, features);
                 src = w.residual;
             }
-            float shift = rms ? 0f : src.get(F32, off);
-            kernels.channelMoments(src, off, 0, 1, features, shift, null, s1, s2, t);
-            double n = features, r;
-            float hi = 0f, lo = 0f;
+            double n = features;
             if (rms) {
-                r = 1.0 / Math.sqrt(s2[t] / n + epsilon);
-            } else {
-                // ChannelMoments' merge of one chunk: mean = K + S1 / n, M2 = S2 - S1^2 / n.
-                double perValue = s1[t] / n;
-                double m = shift + perValue;
-                double var = Math.max(0.0, s2[t] - s1[t] * perValue) / n;
-                r = 1.0 / Math.sqrt(var + epsilon);
-                hi = (float) m;
-                lo = (float) (m - hi);
+                float rrms = (float) (1.0 / Math.sqrt(kernels.runSumSquares(src, off, features) / n + epsilon));
+                kernels.runScale(src, w.y, off, features, rrms, w.weight);
+                if (w.rstd != null) {
+                    w.rstd.setAtIndex(F32, u, rrms);
+                }
+                continue;
             }
-            float rstd = (float) r;
+            float shift = src.get(F32, off);
+            kernels.channelMoments(src, off, 0, 1, features, shift, null, s1, s2, t);
+            // ChannelMoments' merge of one chunk: mean = K + S1 / n, M2 = S2 - S1^2 / n.
+            double perValue = s1[t] / n;
+            double m = shift + perValue;
+            double var = Math.max(0.0, s2[t] - s1[t] * perValue) / n;
+            float hi = (float) m, lo = (float) (m - hi);
+            float rstd = (float) (1.0 / Math.sqrt(var + epsilon));
             kernels.runNormalize(src, w.y, off, features, hi, lo, rstd, w.weight, w.bias);
             if (w.mean != null) {
                 w.mean.setAtIndex(F32, u, hi);

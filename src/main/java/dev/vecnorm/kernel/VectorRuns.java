@@ -39,6 +39,97 @@ final class VectorRuns {
     private VectorRuns() {
     }
 
+    /**
+     * {@link BatchNormKernels#runSumSquares}: the lanes in registers at 512 and 256 bits (32
+     * lanes are 4 or 8 registers), in an array at other widths.
+     */
+    static double runSumSquares(MemorySegment x, long off, int n) {
+        if (DL != 8 && DL != 4) {
+            return runSumSquaresAnyWidth(x, off, n);
+        }
+        long rowsBytes = 4L * (n - n % VIRTUAL_LANES);
+        long bodyBytes = 4L * (n - n % TAIL_GRANULE);
+        DoubleVector q0 = DoubleVector.zero(DOUBLES), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0, q7 = q0;
+        long o = off, end = off + rowsBytes;
+        for (; o < end; o += ROW_BYTES) {
+            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q0 = d0.fma(d0, q0);
+            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q1 = d1.fma(d1, q1);
+            DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q2 = d2.fma(d2, q2);
+            DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q3 = d3.fma(d3, q3);
+            if (DL == 4) {
+                DoubleVector d4 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q4 = d4.fma(d4, q4);
+                DoubleVector d5 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 5 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q5 = d5.fma(d5, q5);
+                DoubleVector d6 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 6 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q6 = d6.fma(d6, q6);
+                DoubleVector d7 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 7 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q7 = d7.fma(d7, q7);
+            }
+        }
+        if (rowsBytes < bodyBytes) {               // a half row: lanes 0..15
+            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q0 = d0.fma(d0, q0);
+            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            q1 = d1.fma(d1, q1);
+            if (DL == 4) {
+                DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q2 = d2.fma(d2, q2);
+                DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                q3 = d3.fma(d3, q3);
+            }
+        }
+        double t = 0;
+        for (long p = bodyBytes; p < 4L * n; p += 4) {
+            double d = x.get(F32, off + p);
+            t = Math.fma(d, d, t);
+        }
+        // LaneTree's order: lanes 16..31 onto 0..15, then 8..15 onto 0..7, and so on.
+        DoubleVector r = DL == 8 ? q0.add(q2).add(q1.add(q3))
+                : q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
+        r = r.add(r.rearrange(HALF_UP));
+        r = r.add(r.rearrange(QUARTER_UP));
+        if (DL == 8) {
+            r = r.add(r.rearrange(EIGHTH_UP));
+        }
+        return r.lane(0) + t;
+    }
+
+    private static double runSumSquaresAnyWidth(MemorySegment x, long off, int n) {
+        double[] lanes = RUN.get();
+        java.util.Arrays.fill(lanes, 0.0);
+        long bodyBytes = 4L * (n - n % TAIL_GRANULE);
+        for (long p = 0; p < bodyBytes; p += STEP) {
+            int lane = (int) (p / 4 % VIRTUAL_LANES);
+            DoubleVector d = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, off + p, NATIVE).convertShape(F2D, DOUBLES, 0);
+            d.fma(d, DoubleVector.fromArray(DOUBLES, lanes, lane)).intoArray(lanes, lane);
+        }
+        double t = 0;
+        for (long p = bodyBytes; p < 4L * n; p += 4) {
+            double d = x.get(F32, off + p);
+            t = Math.fma(d, d, t);
+        }
+        return LaneTree.combine(lanes, 0, t);
+    }
+
+    static void runScale(MemorySegment x, MemorySegment y, long off, int n, float rstd,
+                         MemorySegment weight) {
+        int i = 0;
+        for (; i <= n - FL; i += FL) {
+            long o = off + 4L * i;
+            FloatVector a = FloatVector.fromMemorySegment(FLOATS, weight, 4L * i, NATIVE).mul(rstd);
+            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).mul(a).intoMemorySegment(y, o, NATIVE);
+        }
+        for (; i < n; i++) {
+            long o = off + 4L * i;
+            y.set(F32, o, x.get(F32, o) * (rstd * weight.getAtIndex(F32, i)));
+        }
+    }
+
     static void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
         int i = 0;
         for (; i <= n - FL; i += FL) {
