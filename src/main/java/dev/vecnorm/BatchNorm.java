@@ -45,7 +45,7 @@ import java.util.concurrent.ForkJoinPool;
  * <pre>
  *   t = fma(x - mean', scale, offset)    (as without fusion; see the Numerics of the README)
  *   s = t + residual                     (one float addition, rounded once; s = t without one)
- *   y = s <= 0 ? +0 : s                  (RELU: exact; NaN stays NaN, -0 becomes +0; NONE: y = s)
+ *   y = s &lt;= 0 ? +0 : s                  (RELU: exact; NaN stays NaN, -0 becomes +0; NONE: y = s)
  * </pre>
  *
  * <p>Instances are immutable and thread-safe. With {@code parallelism > 1} a call splits its work
@@ -175,7 +175,7 @@ public final class BatchNorm {
      * {@code relu(bn(x) + residual)}): as {@link #forwardTraining(MemorySegment, MemorySegment,
      * MemorySegment, MemorySegment, MemorySegment, MemorySegment)}, then
      * <pre>
-     *   y = act(fl(bn(x) + residual))     act = identity (NONE) or v <= 0 ? +0 : v (RELU)
+     *   y = act(fl(bn(x) + residual))     act = identity (NONE) or v &lt;= 0 ? +0 : v (RELU)
      * </pre>
      * where {@code bn(x)} is the float the plain call writes and the add is rounded once. The
      * statistics are those of x alone. {@code y} may be {@code x} or {@code residual}.
@@ -307,7 +307,7 @@ public final class BatchNorm {
      * given the {@code mean} and {@code variance} that {@code forwardTraining} wrote and its
      * output {@code y}. With g the gradient at the activation's input,
      * <pre>
-     *   g         = y <= 0 ? 0 : dy   (RELU; a NaN y passes dy)     g = dy   (NONE; y not read)
+     *   g         = y &lt;= 0 ? 0 : dy   (RELU; a NaN y passes dy)     g = dy   (NONE; y not read)
      *   dresidual = g
      *   dbeta     = sum(g),   dgamma = invstd * sum((x - mean) * g)
      *   dx        = gamma * invstd * (g - dbeta / M - (x - mean) * invstd * dgamma / M)
