@@ -97,4 +97,76 @@ class ReadmeExampleTest {
             assertEquals((float) (-m * a + b), foldedBias.getAtIndex(ValueLayout.JAVA_FLOAT, 7));
         }
     }
+    /**
+     * The README's norm snippet on small sizes. Checked: LayerNorm's rows have mean 0 (|sum y|
+     * of 64 values of size about 1 is below 64 x 4u, four roundings each, and its own sum's
+     * error); the fused residual call wrote hidden = x + hidden and gave the bits of a plain call
+     * on it; the per-head norm left the QKV row's other floats alone; GroupNorm's mean is the
+     * group's (a float sum of 4 x 25 values within 100u of its magnitude sum, and the kernel's
+     * mean within half an ulp of the exact one).
+     */
+    @Test
+    void theNormTourRuns() {
+        int tokens = 3, hidden = 64;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment x = Segments.of(arena, TestData.gaussian(tokens * hidden, 21, 3));
+            MemorySegment weight = Segments.of(arena, TestData.gaussian(hidden, 22, 1));
+            MemorySegment bias = arena.allocate(4L * hidden), y = arena.allocate(4L * tokens * hidden);
+            MemorySegment mean = arena.allocate(4L * tokens), rstd = arena.allocate(4L * tokens);
+            LayerNorm ln = LayerNorm.builder(tokens, hidden).epsilon(1e-5f).build();
+            ln.forward(x, null, bias, y, mean, rstd);
+            for (int r = 0; r < tokens; r++) {
+                double sum = 0, abs = 0;
+                for (int f = 0; f < hidden; f++) {
+                    float v = y.getAtIndex(ValueLayout.JAVA_FLOAT, (long) r * hidden + f);
+                    sum += v;
+                    abs += Math.abs(v);
+                }
+                assertTrue(Math.abs(sum) <= 4 * Bounds.U * abs + 64 * Bounds.U * abs, "row " + r + " mean " + sum);
+            }
+            MemorySegment dy = Segments.of(arena, TestData.gaussian(tokens * hidden, 23, 1));
+            MemorySegment dx = arena.allocate(4L * tokens * hidden);
+            MemorySegment dweight = arena.allocate(4L * hidden), dbias = arena.allocate(4L * hidden);
+            ln.backward(x, dy, weight, mean, rstd, dx, dweight, dbias);
+
+            RMSNorm rms = RMSNorm.builder(tokens, hidden).epsilon(1e-6f).build();
+            float[] h0 = TestData.gaussian(tokens * hidden, 24, 1);
+            MemorySegment state = Segments.of(arena, h0);
+            MemorySegment fused = arena.allocate(4L * tokens * hidden), plain = arena.allocate(4L * tokens * hidden);
+            rms.forwardWithResidual(x, state, weight, fused, null);
+            rms.forward(state, weight, plain, null);
+            for (int i = 0; i < tokens * hidden; i++) {
+                assertEquals(x.getAtIndex(ValueLayout.JAVA_FLOAT, i) + h0[i], state.getAtIndex(ValueLayout.JAVA_FLOAT, i));
+                assertEquals(plain.getAtIndex(ValueLayout.JAVA_FLOAT, i), fused.getAtIndex(ValueLayout.JAVA_FLOAT, i));
+            }
+
+            int heads = 2, headDim = 16, qkvWidth = 3 * heads * headDim;  // Q's heads first in each row
+            float[] qkv0 = TestData.gaussian(tokens * qkvWidth, 25, 1);
+            MemorySegment qkv = Segments.of(arena, qkv0);
+            RMSNorm qk = RMSNorm.builder(tokens, headDim).heads(heads).rowStride(qkvWidth).build();
+            MemorySegment q = qkv.asSlice(0, 4 * qk.tensorFloats());
+            qk.forward(q, null, q, null);
+            for (int i = 0; i < tokens * qkvWidth; i++) {
+                if (i % qkvWidth >= heads * headDim) {
+                    assertEquals(qkv0[i], qkv.getAtIndex(ValueLayout.JAVA_FLOAT, i), "K and V untouched at " + i);
+                }
+            }
+
+            TensorShape shape = TensorShape.nhwc(2, 8, 5, 5);
+            float[] gx = TestData.gaussian((int) shape.elements(), 26, 2);
+            MemorySegment gy = arena.allocate(4 * shape.elements());
+            MemorySegment gmean = arena.allocate(4L * 2 * 2), grstd = arena.allocate(4L * 2 * 2);
+            GroupNorm gn = GroupNorm.builder(shape, 2).build();
+            gn.forward(Segments.of(arena, gx), null, null, gy, gmean, grstd);
+            double sum = 0, abs = 0;                         // image 1, group 0: channels 0..3
+            for (int p = 0; p < 25; p++) {
+                for (int c = 0; c < 4; c++) {
+                    float v = gx[(25 + p) * 8 + c];
+                    sum += v;
+                    abs += Math.abs(v);
+                }
+            }
+            assertEquals(sum / 100, gmean.getAtIndex(ValueLayout.JAVA_FLOAT, 2), 100 * Bounds.U * abs / 100 + Math.ulp((float) (sum / 100)));
+        }
+    }
 }
