@@ -47,23 +47,50 @@ public final class GroupNorm {
         this.engine = parallelism == 1 ? serial : new GroupNormEngine(k, shape, groups, epsilon, parallelism, e);
     }
 
-    /** A builder for {@code shape} in {@code groups} groups: epsilon 1e-5, parallelism 1. */
+    /**
+     * A builder for {@code shape} in {@code groups} groups: epsilon 1e-5, parallelism 1.
+     *
+     * @param shape  the tensors' shape (NCHW or NHWC)
+     * @param groups a divisor of the channels
+     * @return a new builder
+     * @throws IllegalArgumentException if groups does not divide the channels
+     */
     public static Builder builder(TensorShape shape, int groups) {
         return new Builder(Objects.requireNonNull(shape, "shape: expected a TensorShape, got null"), groups);
     }
 
+    /**
+     * The shape every call's tensors have.
+     *
+     * @return the shape
+     */
     public TensorShape shape() {
         return shape;
     }
 
+    /**
+     * The number of groups of consecutive channels.
+     *
+     * @return a divisor of the channels
+     */
     public int groups() {
         return groups;
     }
 
+    /**
+     * The epsilon added to the variance.
+     *
+     * @return a positive finite number
+     */
     public float epsilon() {
         return epsilon;
     }
 
+    /**
+     * The threads a call may use.
+     *
+     * @return at least 1
+     */
     public int parallelism() {
         return parallelism;
     }
@@ -133,16 +160,13 @@ public final class GroupNorm {
                 + ", parallelism=" + parallelism + ", kernels=" + engine.kernels().description() + "]";
     }
 
-    /** Configures a {@link GroupNorm}; not thread-safe, reusable. */
-    public static final class Builder {
+    /** Configures a {@link GroupNorm}: epsilon (default 1e-5), parallelism, executor. */
+    public static final class Builder extends NormBuilder<Builder> {
         private final TensorShape shape;
         private final int groups;
-        private float epsilon = 1e-5f;
-        private int parallelism = 1;
-        private ExecutorService executor;
-        private BatchNormKernels kernels;
 
         private Builder(TensorShape shape, int groups) {
+            super(1e-5f);
             if (groups < 1 || shape.channels() % groups != 0) {
                 throw new IllegalArgumentException("groups: expected a divisor of channels = "
                         + shape.channels() + ", got " + groups);
@@ -151,30 +175,11 @@ public final class GroupNorm {
             this.groups = groups;
         }
 
-        /** The epsilon added to the variance (default 1e-5). */
-        public Builder epsilon(float epsilon) {
-            this.epsilon = RowGeometry.epsilon(epsilon);
-            return this;
-        }
-
-        /** Threads a call may use (default 1); results do not depend on it. */
-        public Builder parallelism(int parallelism) {
-            this.parallelism = RowGeometry.parallelism(parallelism);
-            return this;
-        }
-
-        /** The executor of the extra threads (default the common pool); a call never waits for it. */
-        public Builder executor(ExecutorService executor) {
-            this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
-            return this;
-        }
-
-        /** Tests only: run these kernels instead of the JVM's choice. */
-        Builder kernels(BatchNormKernels kernels) {
-            this.kernels = kernels;
-            return this;
-        }
-
+        /**
+         * A new immutable {@link GroupNorm}.
+         *
+         * @return the GroupNorm
+         */
         public GroupNorm build() {
             return new GroupNorm(shape, groups, epsilon, parallelism, executor, kernels);
         }

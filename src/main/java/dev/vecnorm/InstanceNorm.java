@@ -1,9 +1,7 @@
 package dev.vecnorm;
 
-import dev.vecnorm.kernel.BatchNormKernels;
 import java.lang.foreign.MemorySegment;
 import java.util.Objects;
-import java.util.concurrent.ExecutorService;
 
 /**
  * Instance normalization (Ulyanov, Vedaldi and Lempitsky, 2016), as PyTorch's
@@ -29,24 +27,48 @@ public final class InstanceNorm {
         this.momentum = b.momentum;
     }
 
-    /** A builder for {@code shape}: epsilon 1e-5, momentum 0.1 (PyTorch's), parallelism 1. */
+    /**
+     * A builder for {@code shape}: epsilon 1e-5, momentum 0.1 (PyTorch's), parallelism 1.
+     *
+     * @param shape the tensors' shape (NCHW or NHWC)
+     * @return a new builder
+     */
     public static Builder builder(TensorShape shape) {
         return new Builder(Objects.requireNonNull(shape, "shape: expected a TensorShape, got null"));
     }
 
+    /**
+     * The shape every call's tensors have.
+     *
+     * @return the shape
+     */
     public TensorShape shape() {
         return norm.shape();
     }
 
+    /**
+     * The epsilon added to the variance.
+     *
+     * @return a positive finite number
+     */
     public float epsilon() {
         return norm.epsilon();
     }
 
-    /** The running statistics' momentum: the weight of the batch value (PyTorch's). */
+    /**
+     * The running statistics' momentum: the weight of the batch value (PyTorch's).
+     *
+     * @return a number in [0, 1]
+     */
     public float momentum() {
         return momentum;
     }
 
+    /**
+     * The threads a call may use.
+     *
+     * @return at least 1
+     */
     public int parallelism() {
         return norm.parallelism();
     }
@@ -118,26 +140,23 @@ public final class InstanceNorm {
                 + momentum + ", parallelism=" + norm.parallelism() + "]";
     }
 
-    /** Configures an {@link InstanceNorm}; not thread-safe, reusable. */
-    public static final class Builder {
+    /** Configures an {@link InstanceNorm}: epsilon (default 1e-5), momentum, parallelism, executor. */
+    public static final class Builder extends NormBuilder<Builder> {
         private final TensorShape shape;
-        private float epsilon = 1e-5f;
         private float momentum = 0.1f;
-        private int parallelism = 1;
-        private ExecutorService executor;
-        private BatchNormKernels kernels;
 
         private Builder(TensorShape shape) {
+            super(1e-5f);
             this.shape = shape;
         }
 
-        /** The epsilon added to the variance (default 1e-5). */
-        public Builder epsilon(float epsilon) {
-            this.epsilon = RowGeometry.epsilon(epsilon);
-            return this;
-        }
-
-        /** The running statistics' momentum, the weight of the batch value (default 0.1). */
+        /**
+         * The running statistics' momentum, the weight of the batch value (default 0.1, PyTorch's).
+         *
+         * @param momentum in [0, 1]
+         * @return this builder
+         * @throws IllegalArgumentException unless in [0, 1]
+         */
         public Builder momentum(float momentum) {
             if (!(momentum >= 0 && momentum <= 1)) {
                 throw new IllegalArgumentException("momentum: expected a number in [0, 1], got " + momentum);
@@ -146,24 +165,11 @@ public final class InstanceNorm {
             return this;
         }
 
-        /** Threads a call may use (default 1); results do not depend on it. */
-        public Builder parallelism(int parallelism) {
-            this.parallelism = RowGeometry.parallelism(parallelism);
-            return this;
-        }
-
-        /** The executor of the extra threads (default the common pool); a call never waits for it. */
-        public Builder executor(ExecutorService executor) {
-            this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
-            return this;
-        }
-
-        /** Tests only: run these kernels instead of the JVM's choice. */
-        Builder kernels(BatchNormKernels kernels) {
-            this.kernels = kernels;
-            return this;
-        }
-
+        /**
+         * A new immutable {@link InstanceNorm}.
+         *
+         * @return the InstanceNorm
+         */
         public InstanceNorm build() {
             return new InstanceNorm(this);
         }

@@ -1,12 +1,6 @@
 package dev.vecnorm;
 
-import dev.vecnorm.kernel.BatchNormKernels;
-import dev.vecnorm.kernel.KernelProvider;
-import dev.vecnorm.kernel.RowNormEngine;
 import java.lang.foreign.MemorySegment;
-import java.util.Objects;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.ForkJoinPool;
 
 /**
  * Layer normalization (Ba, Kiros and Hinton, 2016) over the last {@code features} values of each
@@ -32,67 +26,23 @@ import java.util.concurrent.ForkJoinPool;
  * width, the scalar kernels and every parallelism, no allocation per call in the steady state.
  * Values beyond about 1e30 in magnitude are outside what the rounding above is meant for.
  */
-public final class LayerNorm {
-
-    private final RowGeometry rows;
-    private final float epsilon;
-    private final int parallelism;
-    private final RowNormEngine engine, serial;
+public final class LayerNorm extends RowNorm {
 
     private LayerNorm(Builder b) {
-        this.rows = RowGeometry.of(b.rows, b.features, b.heads, b.rowStride);
-        this.epsilon = b.epsilon;
-        this.parallelism = b.parallelism;
-        BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
-        ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
-        this.serial = new RowNormEngine(kernels, rows.rows(), rows.heads(), rows.features(),
-                rows.rowStride(), epsilon, false, false, 1, executor);
-        this.engine = parallelism == 1 ? serial : new RowNormEngine(kernels, rows.rows(),
-                rows.heads(), rows.features(), rows.rowStride(), epsilon, false, false,
-                parallelism, executor);
+        super(b, false, false);
     }
 
     /**
      * A builder for {@code rows} rows of {@code features} values: epsilon 1e-5 (PyTorch's), one
      * head, dense rows, parallelism 1.
+     *
+     * @param rows     at least 1
+     * @param features the size normalised over, at least 1
+     * @return a new builder
+     * @throws IllegalArgumentException if a size is below 1
      */
     public static Builder builder(long rows, int features) {
         return new Builder(rows, features);
-    }
-
-    public long rows() {
-        return rows.rows();
-    }
-
-    public int heads() {
-        return rows.heads();
-    }
-
-    public int features() {
-        return rows.features();
-    }
-
-    /** Floats from one row to the next. */
-    public long rowStride() {
-        return rows.rowStride();
-    }
-
-    public float epsilon() {
-        return epsilon;
-    }
-
-    public int parallelism() {
-        return parallelism;
-    }
-
-    /** Floats that x, y, dy and dx hold: (rows - 1) x rowStride + heads x features. */
-    public long tensorFloats() {
-        return rows.tensorFloats();
-    }
-
-    /** Floats of mean and rstd: rows x heads, unit (r, h) at r x heads + h. */
-    public long statisticsFloats() {
-        return rows.units();
     }
 
     /**
@@ -117,7 +67,7 @@ public final class LayerNorm {
                 .output("mean", mean, s, "one mean per row and head", true)
                 .output("rstd", rstd, s, "one rstd per row and head", true)
                 .finish("y", "x");
-        (shareable ? engine : serial).forward(x, null, weight, bias, y, mean, rstd);
+        engine(shareable).forward(x, null, weight, bias, y, mean, rstd);
     }
 
     /**
@@ -149,76 +99,25 @@ public final class LayerNorm {
                 .output("dweight", dweight, f, "one gradient per feature", true)
                 .output("dbias", dbias, f, "one gradient per feature", true)
                 .finish("dx", "dy");
-        (shareable ? engine : serial).backward(x, dy, weight, mean, rstd, dx, dweight, dbias);
+        engine(shareable).backward(x, dy, weight, mean, rstd, dx, dweight, dbias);
     }
 
     @Override
     public String toString() {
-        return "LayerNorm[rows=" + rows.rows() + ", heads=" + rows.heads() + ", features="
-                + rows.features() + ", rowStride=" + rows.rowStride() + ", epsilon=" + epsilon
-                + ", parallelism=" + parallelism + ", kernels=" + engine.kernels().description() + "]";
+        return describe("LayerNorm", "");
     }
 
-    /** Configures a {@link LayerNorm}; not thread-safe, reusable. */
-    public static final class Builder {
-        private final long rows;
-        private final int features;
-        private int heads = 1;
-        private long rowStride = -1;
-        private float epsilon = 1e-5f;
-        private int parallelism = 1;
-        private ExecutorService executor;
-        private BatchNormKernels kernels;
+    /** Configures a {@link LayerNorm}: epsilon, heads, rowStride, parallelism, executor. */
+    public static final class Builder extends RowNorm.Builder<Builder> {
 
         private Builder(long rows, int features) {
-            this.rows = rows;
-            this.features = features;
-            RowGeometry.of(rows, features, 1, -1);
-        }
-
-        /** The epsilon added to the variance (default 1e-5). */
-        public Builder epsilon(float epsilon) {
-            this.epsilon = RowGeometry.epsilon(epsilon);
-            return this;
-        }
-
-        /** Units per row, each of {@code features} floats, consecutive (default 1). */
-        public Builder heads(int heads) {
-            if (heads < 1) {
-                throw new IllegalArgumentException("heads: expected >= 1, got " + heads);
-            }
-            this.heads = heads;
-            return this;
-        }
-
-        /** Floats from one row to the next, at least heads x features (default: exactly that). */
-        public Builder rowStride(long rowStride) {
-            if (rowStride < 1) {
-                throw new IllegalArgumentException("rowStride: expected >= 1, got " + rowStride);
-            }
-            this.rowStride = rowStride;
-            return this;
-        }
-
-        /** Threads a call may use (default 1); results do not depend on it. */
-        public Builder parallelism(int parallelism) {
-            this.parallelism = RowGeometry.parallelism(parallelism);
-            return this;
-        }
-
-        /** The executor of the extra threads (default the common pool); a call never waits for it. */
-        public Builder executor(ExecutorService executor) {
-            this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
-            return this;
-        }
-
-        /** Tests only: run these kernels instead of the JVM's choice. */
-        Builder kernels(BatchNormKernels kernels) {
-            this.kernels = kernels;
-            return this;
+            super(rows, features, 1e-5f);
         }
 
         /**
+         * A new immutable {@link LayerNorm}.
+         *
+         * @return the LayerNorm
          * @throws IllegalArgumentException if rowStride is below heads x features
          */
         public LayerNorm build() {

@@ -1,12 +1,6 @@
 package dev.vecnorm;
 
-import dev.vecnorm.kernel.BatchNormKernels;
-import dev.vecnorm.kernel.KernelProvider;
-import dev.vecnorm.kernel.RowNormEngine;
 import java.lang.foreign.MemorySegment;
-import java.util.Objects;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.ForkJoinPool;
 
 /**
  * Root-mean-square normalization (Zhang and Sennrich, 2019) over the last {@code features}
@@ -23,74 +17,36 @@ import java.util.concurrent.ForkJoinPool;
  * w' = fl(1 + weight) for the unit offset. Scaling a unit by a power of two therefore scales
  * its rrms by the inverse exactly, and leaves y's bits unchanged, wherever eps is negligible.
  */
-public final class RMSNorm {
+public final class RMSNorm extends RowNorm {
 
-    private final RowGeometry rows;
-    private final float epsilon;
     private final boolean unitOffset;
-    private final int parallelism;
-    private final RowNormEngine engine, serial;
 
     private RMSNorm(Builder b) {
-        this.rows = RowGeometry.of(b.rows, b.features, b.heads, b.rowStride);
-        this.epsilon = b.epsilon;
+        super(b, true, b.unitOffset);
         this.unitOffset = b.unitOffset;
-        this.parallelism = b.parallelism;
-        BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
-        ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
-        this.serial = new RowNormEngine(kernels, rows.rows(), rows.heads(), rows.features(),
-                rows.rowStride(), epsilon, true, unitOffset, 1, executor);
-        this.engine = parallelism == 1 ? serial : new RowNormEngine(kernels, rows.rows(),
-                rows.heads(), rows.features(), rows.rowStride(), epsilon, true, unitOffset,
-                parallelism, executor);
     }
 
     /**
      * A builder for {@code rows} rows of {@code features} values: epsilon 2^-23 (PyTorch's
      * {@code eps=None} for float32, {@code torch.finfo(torch.float32).eps}), the weight as given,
      * one head, dense rows, parallelism 1.
+     *
+     * @param rows     at least 1
+     * @param features the size normalised over, at least 1
+     * @return a new builder
+     * @throws IllegalArgumentException if a size is below 1
      */
     public static Builder builder(long rows, int features) {
         return new Builder(rows, features);
     }
 
-    public long rows() {
-        return rows.rows();
-    }
-
-    public int heads() {
-        return rows.heads();
-    }
-
-    public int features() {
-        return rows.features();
-    }
-
-    public long rowStride() {
-        return rows.rowStride();
-    }
-
-    public float epsilon() {
-        return epsilon;
-    }
-
-    /** Whether the weight is applied as 1 + weight (Gemma). */
+    /**
+     * Whether the weight is applied as 1 + weight (Gemma).
+     *
+     * @return the builder's choice (default false)
+     */
     public boolean unitOffset() {
         return unitOffset;
-    }
-
-    public int parallelism() {
-        return parallelism;
-    }
-
-    /** Floats that x, y, dy and dx (and the residual) hold. */
-    public long tensorFloats() {
-        return rows.tensorFloats();
-    }
-
-    /** Floats of rrms: rows x heads, unit (r, h) at r x heads + h. */
-    public long statisticsFloats() {
-        return rows.units();
     }
 
     /**
@@ -109,7 +65,7 @@ public final class RMSNorm {
                 .output("y", y, e, "the output rows", false)
                 .output("rrms", rrms, rows.units(), "one rrms per row and head", true)
                 .finish("y", "x");
-        (shareable ? engine : serial).forward(x, null, weight, null, y, null, rrms);
+        engine(shareable).forward(x, null, weight, null, y, null, rrms);
     }
 
     /**
@@ -130,7 +86,7 @@ public final class RMSNorm {
                 .output("y", y, e, "the output rows", false)
                 .output("rrms", rrms, rows.units(), "one rrms per row and head", true)
                 .finish("y", "x");
-        (shareable ? engine : serial).forward(x, residual, weight, null, y, null, rrms);
+        engine(shareable).forward(x, residual, weight, null, y, null, rrms);
     }
 
     /**
@@ -157,84 +113,37 @@ public final class RMSNorm {
                 .output("dx", dx, e, "the gradient of x", false)
                 .output("dweight", dweight, f, "one gradient per feature", true)
                 .finish("dx", "dy");
-        (shareable ? engine : serial).backward(x, dy, weight, null, rrms, dx, dweight, null);
+        engine(shareable).backward(x, dy, weight, null, rrms, dx, dweight, null);
     }
 
     @Override
     public String toString() {
-        return "RMSNorm[rows=" + rows.rows() + ", heads=" + rows.heads() + ", features="
-                + rows.features() + ", rowStride=" + rows.rowStride() + ", epsilon=" + epsilon
-                + ", unitOffset=" + unitOffset + ", parallelism=" + parallelism + ", kernels="
-                + engine.kernels().description() + "]";
+        return describe("RMSNorm", ", unitOffset=" + unitOffset);
     }
 
-    /** Configures an {@link RMSNorm}; not thread-safe, reusable. */
-    public static final class Builder {
-        private final long rows;
-        private final int features;
-        private int heads = 1;
-        private long rowStride = -1;
-        private float epsilon = Math.ulp(1f);
+    /** Configures an {@link RMSNorm}: epsilon, unitOffset, heads, rowStride, parallelism, executor. */
+    public static final class Builder extends RowNorm.Builder<Builder> {
         private boolean unitOffset;
-        private int parallelism = 1;
-        private ExecutorService executor;
-        private BatchNormKernels kernels;
 
         private Builder(long rows, int features) {
-            this.rows = rows;
-            this.features = features;
-            RowGeometry.of(rows, features, 1, -1);
+            super(rows, features, Math.ulp(1f));
         }
 
-        /** The epsilon added to the mean square (default 2^-23). */
-        public Builder epsilon(float epsilon) {
-            this.epsilon = RowGeometry.epsilon(epsilon);
-            return this;
-        }
-
-        /** With true the weight is applied as 1 + weight (Gemma's RMSNorm); default false. */
+        /**
+         * With true the weight is applied as 1 + weight (Gemma's RMSNorm); default false.
+         *
+         * @param unitOffset whether to add 1 to the weight
+         * @return this builder
+         */
         public Builder unitOffset(boolean unitOffset) {
             this.unitOffset = unitOffset;
             return this;
         }
 
-        /** Units per row (per-head Q/K norms), each of {@code features} floats (default 1). */
-        public Builder heads(int heads) {
-            if (heads < 1) {
-                throw new IllegalArgumentException("heads: expected >= 1, got " + heads);
-            }
-            this.heads = heads;
-            return this;
-        }
-
-        /** Floats from one row to the next, at least heads x features (default: exactly that). */
-        public Builder rowStride(long rowStride) {
-            if (rowStride < 1) {
-                throw new IllegalArgumentException("rowStride: expected >= 1, got " + rowStride);
-            }
-            this.rowStride = rowStride;
-            return this;
-        }
-
-        /** Threads a call may use (default 1); results do not depend on it. */
-        public Builder parallelism(int parallelism) {
-            this.parallelism = RowGeometry.parallelism(parallelism);
-            return this;
-        }
-
-        /** The executor of the extra threads (default the common pool); a call never waits for it. */
-        public Builder executor(ExecutorService executor) {
-            this.executor = Objects.requireNonNull(executor, "executor: expected an ExecutorService, got null");
-            return this;
-        }
-
-        /** Tests only: run these kernels instead of the JVM's choice. */
-        Builder kernels(BatchNormKernels kernels) {
-            this.kernels = kernels;
-            return this;
-        }
-
         /**
+         * A new immutable {@link RMSNorm}.
+         *
+         * @return the RMSNorm
          * @throws IllegalArgumentException if rowStride is below heads x features
          */
         public RMSNorm build() {

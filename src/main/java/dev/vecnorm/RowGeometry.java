@@ -50,18 +50,4 @@ record RowGeometry(long rows, int heads, int features, long rowStride) {
     long units() {
         return rows * heads;
     }
-
-    static float epsilon(float epsilon) {
-        if (!(epsilon > 0) || !Float.isFinite(epsilon)) {
-            throw new IllegalArgumentException("epsilon: expected a positive finite number, got " + epsilon);
-        }
-        return epsilon;
-    }
-
-    static int parallelism(int parallelism) {
-        if (parallelism < 1) {
-            throw new IllegalArgumentException("parallelism: expected >= 1, got " + parallelism);
-        }
-        return parallelism;
-    }
 }

@@ -184,29 +184,19 @@ final class VectorRuns {
         }
     }
 
+    /** The tests of dw and db are loop-invariant: C2 unswitches them out of the loop. */
     static void runParameterGradients(MemorySegment x, MemorySegment dy, long off, int n,
                                       double mean, double rstd, double[] dw, double[] db) {
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         int i = 0;
-        if (dw != null && db != null) {
-            DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
-            for (; i <= n - DL; i += DL) {
-                long o = off + 4L * i;
-                DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0);
-                DoubleVector t = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).mul(rstd);
-                t.fma(g, DoubleVector.fromArray(DOUBLES, dw, i)).intoArray(dw, i);
-                DoubleVector.fromArray(DOUBLES, db, i).add(g).intoArray(db, i);
-            }
-        } else if (dw != null) {
-            DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
-            for (; i <= n - DL; i += DL) {
-                long o = off + 4L * i;
-                DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+        for (; i <= n - DL; i += DL) {
+            long o = off + 4L * i;
+            DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+            if (dw != null) {
                 DoubleVector t = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m).mul(rstd);
                 t.fma(g, DoubleVector.fromArray(DOUBLES, dw, i)).intoArray(dw, i);
             }
-        } else if (db != null) {
-            for (; i <= n - DL; i += DL) {
-                DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, off + 4L * i, NATIVE).convertShape(F2D, DOUBLES, 0);
+            if (db != null) {
                 DoubleVector.fromArray(DOUBLES, db, i).add(g).intoArray(db, i);
             }
         }
