@@ -136,7 +136,7 @@ public final class BatchNormEngine {
     public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
                                 MemorySegment beta, MemorySegment y, MemorySegment mean,
                                 MemorySegment variance, boolean relu) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             w.residual = residual;
             w.relu = relu;
@@ -156,7 +156,7 @@ public final class BatchNormEngine {
             int far = trainingParameters(w, 0, channels);
             normalize(w, x, y, w.mu, w.scale, w.offset, far);
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -375,7 +375,7 @@ public final class BatchNormEngine {
     public void forwardInference(MemorySegment x, MemorySegment residual, MemorySegment gamma,
                                  MemorySegment beta, MemorySegment mean, MemorySegment variance,
                                  MemorySegment y, boolean relu) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             w.residual = residual;
             w.relu = relu;
@@ -399,7 +399,7 @@ public final class BatchNormEngine {
             }
             normalize(w, x, y, mu, scale, b, far);
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -459,13 +459,13 @@ public final class BatchNormEngine {
                          MemorySegment mean, MemorySegment variance, MemorySegment dx,
                          MemorySegment dresidual, MemorySegment dgamma, MemorySegment dbeta,
                          boolean frozen) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             w.mask = mask;
             w.dresidual = dresidual;
             backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, frozen, w);
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -839,13 +839,8 @@ public final class BatchNormEngine {
 
     // ---------------------------------------------------------------------------------- scratch
 
-    /**
-     * The working arrays of one call, sized for this shape. Each thread keeps one per engine and
-     * reuses it, so a call allocates no per-channel arrays; a call that finds its thread's scratch
-     * busy (a call nested in another on the same thread, e.g. from a fork-join worker that helps
-     * while it waits) takes a fresh one.
-     */
-    private final ThreadLocal<Scratch> scratch = ThreadLocal.withInitial(this::newScratch);
+    /** The working arrays of one call, sized for this shape, one set per thread. */
+    private final Scratches<Scratch> scratch = new Scratches<>(this::newScratch);
 
     private Scratch newScratch() {
         // NCHW two passes: lanes in an array per chunk (chunks run in parallel); blocks keep
@@ -854,22 +849,7 @@ public final class BatchNormEngine {
         return new Scratch(channels, chunks, laneArrays);
     }
 
-    private Scratch acquire() {
-        Scratch w = scratch.get();
-        if (w.busy) {
-            w = newScratch();
-        }
-        w.busy = true;
-        return w;
-    }
-
-    private static void release(Scratch w) {
-        w.endCall();
-        w.busy = false;
-    }
-
-    private static final class Scratch {
-        boolean busy;
+    private static final class Scratch extends Scratches.Slot {
         /** The backward in progress: with frozen statistics; with dgamma or dbeta wanted. */
         boolean frozen, sums;
         final float[] g, b, mu, var, scale, offset;
@@ -933,6 +913,7 @@ public final class BatchNormEngine {
             farValues = new float[channels][];
         }
 
+        @Override
         void endCall() {
             x = y = dy = dx = mean = variance = dgamma = dbeta = in = out = null;
             residual = mask = dresidual = null;

@@ -85,7 +85,7 @@ public final class GroupNormEngine {
     public void forward(MemorySegment x, MemorySegment gamma, MemorySegment beta, MemorySegment y,
                         MemorySegment mean, MemorySegment rstd, MemorySegment runningMean,
                         MemorySegment runningVar, float momentum) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             vector(gamma, 1f, w.g);
             vector(beta, 0f, w.b);
@@ -116,7 +116,7 @@ public final class GroupNormEngine {
                 updateRunning(w, runningMean, runningVar, momentum);
             }
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -238,7 +238,7 @@ public final class GroupNormEngine {
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
                          MemorySegment rstd, MemorySegment dx, MemorySegment dgamma,
                          MemorySegment dbeta) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             vector(gamma, 1f, w.g);
             for (int u = 0; u < n * groups; u++) {
@@ -275,7 +275,7 @@ public final class GroupNormEngine {
                 }
             }
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -360,28 +360,14 @@ public final class GroupNormEngine {
 
     // ---------------------------------------------------------------------------------- scratch
 
-    private final ThreadLocal<Scratch> scratch = ThreadLocal.withInitial(this::newScratch);
+    /** The working arrays of one call, one set per thread (see {@link Scratches}). */
+    private final Scratches<Scratch> scratch = new Scratches<>(this::newScratch);
 
     private Scratch newScratch() {
         return new Scratch(n, channels, groups, nchw ? 0 : chunks);
     }
 
-    private Scratch acquire() {
-        Scratch w = scratch.get();
-        if (w.busy) {
-            w = newScratch();
-        }
-        w.busy = true;
-        return w;
-    }
-
-    private static void release(Scratch w) {
-        w.x = w.y = w.dy = w.dx = null;
-        w.busy = false;
-    }
-
-    private static final class Scratch {
-        boolean busy;
+    private static final class Scratch extends Scratches.Slot {
         MemorySegment x, y, dy, dx;
         final float[] g, b, shiftF;
         /** Per (image, group): the statistics. */
@@ -428,6 +414,11 @@ public final class GroupNormEngine {
             for (int i = 0; i < images; i++) {
                 moments[i] = new ChannelMoments(channels);
             }
+        }
+
+        @Override
+        void endCall() {
+            x = y = dy = dx = null;
         }
     }
 }

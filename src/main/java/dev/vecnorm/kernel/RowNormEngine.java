@@ -70,7 +70,7 @@ public final class RowNormEngine {
     public void forward(MemorySegment x, MemorySegment residual, MemorySegment weight,
                         MemorySegment bias, MemorySegment y, MemorySegment mean,
                         MemorySegment rstd) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             w.x = x;
             w.residual = residual;
@@ -81,7 +81,7 @@ public final class RowNormEngine {
             w.rstd = rstd;
             workers.run(workers.parallelism(), w, forwardTask);
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -138,7 +138,7 @@ public final class RowNormEngine {
     public void backward(MemorySegment x, MemorySegment dy, MemorySegment weight,
                          MemorySegment mean, MemorySegment rstd, MemorySegment dx,
                          MemorySegment dweight, MemorySegment dbias) {
-        Scratch w = acquire();
+        Scratch w = scratch.acquire();
         try {
             w.x = x;
             w.dy = dy;
@@ -156,7 +156,7 @@ public final class RowNormEngine {
             parameterGradients(w.dw, dweight);
             parameterGradients(w.db, dbias);
         } finally {
-            release(w);
+            scratch.release(w);
         }
     }
 
@@ -220,29 +220,15 @@ public final class RowNormEngine {
 
     // ---------------------------------------------------------------------------------- scratch
 
-    /** Per thread and engine, as BatchNormEngine's: a nested call takes a fresh one. */
-    private final ThreadLocal<Scratch> scratch = ThreadLocal.withInitial(this::newScratch);
+    /** The working arrays of one call, one set per thread (see {@link Scratches}). */
+    private final Scratches<Scratch> scratch = new Scratches<>(this::newScratch);
 
     private Scratch newScratch() {
         return new Scratch(features, chunks, Math.max(chunks, workers.parallelism()));
     }
 
-    private Scratch acquire() {
-        Scratch w = scratch.get();
-        if (w.busy) {
-            w = newScratch();
-        }
-        w.busy = true;
-        return w;
-    }
-
-    private static void release(Scratch w) {
-        w.x = w.residual = w.weight = w.bias = w.y = w.mean = w.rstd = w.dy = w.dx = null;
-        w.busy = false;
-    }
-
-    private static final class Scratch {
-        boolean busy, wantWeight, wantBias;
+    private static final class Scratch extends Scratches.Slot {
+        boolean wantWeight, wantBias;
         MemorySegment x, residual, weight, bias, y, mean, rstd, dy, dx;
         /** Per task: a unit's shifted sums (task t writes entry t). */
         final double[] s1, s2;
@@ -258,6 +244,11 @@ public final class RowNormEngine {
             sums = new double[chunks][2];
             onePlus = new float[features];
             onePlusSegment = MemorySegment.ofArray(onePlus);
+        }
+
+        @Override
+        void endCall() {
+            x = residual = weight = bias = y = mean = rstd = dy = dx = null;
         }
     }
 }
