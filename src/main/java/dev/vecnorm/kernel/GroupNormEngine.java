@@ -259,6 +259,16 @@ public final class GroupNormEngine {
                 workers.run(n * chunks, w, chunkGradientSums);
                 workers.run(n, w, imageGradientCoefficients);
                 workers.run(n * chunks, w, chunkGradientInput);
+                w.passedThrough = true;              // far groups' dx hold dy (see gradientCoefficients)
+                for (int u = 0; u < n * groups; u++) {
+                    for (int j = 0; w.far[u] && j < perGroup; j++) {
+                        int img = u / groups, c = (u % groups) * perGroup + j;
+                        for (long s = 0; s < spatial; s++) {
+                            gradientInDouble(w, u, c, 4L * ((img * spatial + s) * channels + c));
+                        }
+                    }
+                }
+                w.passedThrough = false;
             }
             for (int c = 0; c < channels && (dgamma != null || dbeta != null); c++) {
                 double dg = 0, db = 0;
@@ -290,19 +300,29 @@ public final class GroupNormEngine {
                 kernels.channelGradientSums(w.x, w.dy, 4L * p * spatial, 0, 1, spatial, mu, null,
                         w.sumDy, w.sumDyXmu, p);
             }
-            gradientCoefficients(w, u, w.sumDy, w.sumDyXmu, p0, w.mu, w.a, w.bb, w.cc, p0);
-            kernels.planesGradientInput(w.x, w.dy, null, w.dx, null, n * channels, spatial, p0,
-                    p0 + perGroup, w.mu, w.a, w.bb, w.cc);
+            if (gradientCoefficients(w, u, w.sumDy, w.sumDyXmu, p0, w.mu, w.a, w.bb, w.cc, p0)) {
+                for (int p = p0; p < p0 + perGroup; p++) {
+                    for (long s = 0; s < spatial; s++) {
+                        gradientInDouble(w, u, p % channels, 4L * (p * spatial + s));
+                    }
+                }
+            } else {
+                kernels.planesGradientInput(w.x, w.dy, null, w.dx, null, n * channels, spatial,
+                        p0, p0 + perGroup, w.mu, w.a, w.bb, w.cc);
+            }
         }
     }
 
     /**
      * Group u's dx coefficients from its channels' sums (at {@code from} in sumDy and sumDyXmu),
      * into the arrays from index {@code at}: a = fl(gamma rstd), b = fl(-rstd^3 sum(g (x - mean))
-     * / m), c = fl(-rstd sum(g) / m), the group sums added in channel order.
+     * / m), c = fl(-rstd sum(g) / m), the group sums added in channel order. Returns whether the
+     * group's dx is computed in double instead ({@link RowNormEngine#lossy} b, c or a, for a
+     * standard deviation above about 1e18); its coefficients are then the pass-through a = 1,
+     * b = c = 0 and mean 0 (dx = dy), and the double ones are kept in the scratch.
      */
-    private void gradientCoefficients(Scratch w, int u, double[] sumDy, double[] sumDyXmu, int from,
-                                      float[] mu, float[] a, float[] b, float[] cc, int at) {
+    private boolean gradientCoefficients(Scratch w, int u, double[] sumDy, double[] sumDyXmu, int from,
+                                         float[] mu, float[] a, float[] b, float[] cc, int at) {
         int c0 = (u % groups) * perGroup;
         double sg = 0, sgx = 0;
         for (int j = 0; j < perGroup; j++) {
@@ -310,13 +330,32 @@ public final class GroupNormEngine {
             sgx += w.g[c0 + j] * sumDyXmu[from + j];
         }
         double r = w.rstd[u];
-        float fb = (float) (-r * r * r * sgx / groupValues), fc = (float) (-r * sg / groupValues);
+        double bd = -r * r * r * sgx / groupValues, cd = -r * sg / groupValues;
+        boolean lossy = RowNormEngine.lossy(bd) || RowNormEngine.lossy(cd);
         for (int j = 0; j < perGroup; j++) {
-            mu[at + j] = w.hi[u];
-            a[at + j] = (float) (w.g[c0 + j] * r);
-            b[at + j] = fb;
-            cc[at + j] = fc;
+            lossy |= RowNormEngine.lossy(w.g[c0 + j] * r);
         }
+        w.farB[u] = bd;
+        w.farC[u] = cd;
+        w.far[u] = lossy;
+        for (int j = 0; j < perGroup; j++) {
+            mu[at + j] = lossy ? 0f : w.hi[u];
+            a[at + j] = lossy ? 1f : (float) (w.g[c0 + j] * r);
+            b[at + j] = lossy ? 0f : (float) bd;
+            cc[at + j] = lossy ? 0f : (float) cd;
+        }
+        return lossy;
+    }
+
+    /**
+     * dx at byte offset {@code at} of group u, channel c, in double and rounded once:
+     * fma(x - mean, b, fma(dy, gamma rstd, c)), dy read from dx where the pass-through put it.
+     */
+    private void gradientInDouble(Scratch w, int u, int c, long at) {
+        double a = w.g[c] * (double) w.rstd[u];
+        double dy = (w.passedThrough ? w.dx : w.dy).get(F32, at);
+        double dx = Math.fma(w.x.get(F32, at) - (double) w.hi[u], w.farB[u], Math.fma(dy, a, w.farC[u]));
+        w.dx.set(F32, at, (float) dx);
     }
 
     /** NHWC task (image, chunk): per-channel gradient sums about each channel's group mean. */
@@ -373,6 +412,10 @@ public final class GroupNormEngine {
         /** Per (image, group): the statistics. */
         final double[] s1, s2, meanD, varD;
         final float[] hi, rstd;
+        /** Backward: groups whose dx is computed in double, and their double b and c. */
+        final boolean[] far;
+        final double[] farB, farC;
+        boolean passedThrough;
         /** NCHW: per plane (image x channel) parameters; gradient sums per plane (both layouts). */
         final float[] mu, scale, offset, a, bb, cc;
         final double[] sumDy, sumDyXmu;
@@ -391,6 +434,9 @@ public final class GroupNormEngine {
             meanD = new double[units];
             varD = new double[units];
             hi = new float[units];
+            far = new boolean[units];
+            farB = new double[units];
+            farC = new double[units];
             rstd = new float[units];
             boolean rows = chunks > 0;
             int p = rows ? 0 : planes;

@@ -179,9 +179,36 @@ public final class RowNormEngine {
             if (dw != null || db != null) {
                 kernels.runParameterGradients(w.x, w.dy, off, features, mu, r, dw, db);
             }
-            float b = (float) (-r * r * r * sums[1] / n);
-            float c = rms ? 0f : (float) (-r * sums[0] / n);
-            kernels.runGradientInput(w.x, w.dy, w.dx, off, features, mu, rstd, w.weight, b, c);
+            double bd = -r * r * r * sums[1] / n, cd = rms ? 0 : -r * sums[0] / n;
+            if (lossy(bd) || lossy(cd)) {
+                gradientInDouble(w, off, mu, r, bd, cd);
+            } else {
+                kernels.runGradientInput(w.x, w.dy, w.dx, off, features, mu, rstd, w.weight,
+                        (float) bd, (float) cd);
+            }
+        }
+    }
+
+    /**
+     * Whether the nonzero {@code exact} rounds to a subnormal float or to zero: b for a standard
+     * deviation above about 1e18 (b scales as rstd^3 times the deviations), where the float
+     * coefficient would keep fewer than 24 bits while dx is an ordinary float.
+     */
+    static boolean lossy(double exact) {
+        return Math.abs((float) exact) < Float.MIN_NORMAL && exact != 0;
+    }
+
+    /**
+     * dx of one unit whose coefficient is {@link #lossy}: {@code fma(x - mean, b, fma(dy, rstd w,
+     * c))} in double, rounded once, value by value (the same code for every kernel, so the same
+     * bits). Rare: no network produces such values.
+     */
+    private void gradientInDouble(Scratch w, long off, float mean, double rstd, double b, double c) {
+        for (int i = 0; i < features; i++) {
+            long o = off + 4L * i;
+            double a = rstd * w.weight.getAtIndex(F32, i);
+            double dx = Math.fma(w.x.get(F32, o) - (double) mean, b, Math.fma(w.dy.get(F32, o), a, c));
+            w.dx.set(F32, o, (float) dx);
         }
     }
 
