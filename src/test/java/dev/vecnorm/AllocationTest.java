@@ -68,6 +68,43 @@ class AllocationTest {
         }
     }
 
+    @Test
+    void theNormFamilyAllocatesNothingPerCall() {
+        try (Arena arena = Arena.ofConfined()) {
+            // Rows with heads and a stride, Gemma's offset (its 1 + w goes through scratch).
+            LayerNorm ln = LayerNorm.builder(5, 40).heads(2).rowStride(90).build();
+            RMSNorm rms = RMSNorm.builder(5, 40).heads(2).rowStride(90).unitOffset(true).build();
+            long e = ln.tensorFloats();
+            MemorySegment x = Segments.of(arena, TestData.gaussian((int) e, 1, 3));
+            MemorySegment dy = Segments.of(arena, TestData.gaussian((int) e, 2, 1));
+            MemorySegment w = Segments.of(arena, TestData.gaussian(40, 3, 1)), b = Segments.of(arena, TestData.gaussian(40, 4, 1));
+            MemorySegment y = arena.allocate(4 * e), dx = arena.allocate(4 * e), h = arena.allocate(4 * e);
+            MemorySegment mean = arena.allocate(40), rstd = arena.allocate(40), dw = arena.allocate(160), db = arena.allocate(160);
+            ln.forward(x, w, b, y, mean, rstd);
+            assertEquals(0, leastBytesPerWindow(() -> ln.forward(x, w, b, y, mean, rstd)), "LayerNorm forward");
+            assertEquals(0, leastBytesPerWindow(() -> ln.backward(x, dy, w, mean, rstd, dx, dw, db)), "LayerNorm backward");
+            assertEquals(0, leastBytesPerWindow(() -> rms.forward(x, w, y, rstd)), "RMSNorm forward");
+            assertEquals(0, leastBytesPerWindow(() -> rms.forwardWithResidual(x, h, w, y, rstd)), "RMSNorm with residual");
+            assertEquals(0, leastBytesPerWindow(() -> rms.backward(x, dy, w, rstd, dx, dw)), "RMSNorm backward");
+            for (TensorShape shape : new TensorShape[] {TensorShape.nchw(2, 8, 5, 5), TensorShape.nhwc(2, 8, 5, 5)}) {
+                int n = (int) shape.elements();
+                MemorySegment gx = Segments.of(arena, TestData.gaussian(n, 5, 2)), gdy = Segments.of(arena, TestData.gaussian(n, 6, 1));
+                MemorySegment gy = arena.allocate(4L * n), gdx = arena.allocate(4L * n);
+                MemorySegment gw = Segments.of(arena, TestData.gaussian(8, 7, 1)), gb = arena.allocate(32);
+                MemorySegment gm = arena.allocate(32), gr = arena.allocate(32), rm = arena.allocate(32), rv = Segments.of(arena, new float[] {1, 1, 1, 1, 1, 1, 1, 1});
+                MemorySegment gdw = arena.allocate(32);
+                GroupNorm gn = GroupNorm.builder(shape, 4).build();
+                InstanceNorm in = InstanceNorm.builder(shape).build();
+                gn.forward(gx, gw, gb, gy, gm, gr);
+                assertEquals(0, leastBytesPerWindow(() -> gn.forward(gx, gw, gb, gy, gm, gr)), "GroupNorm forward " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> gn.backward(gx, gdy, gw, gm, gr, gdx, gdw, null)),
+                        "GroupNorm backward " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> in.forward(gx, gw, gb, gy, null, null, rm, rv)), "InstanceNorm forward " + shape);
+                assertEquals(0, leastBytesPerWindow(() -> in.forwardInference(gx, gw, gb, rm, rv, gy)), "InstanceNorm eval " + shape);
+            }
+        }
+    }
+
     /** The fewest bytes this thread allocated in one window of calls, stopping at 0. */
     private static long leastBytesPerWindow(Runnable call) {
         ThreadMXBean threads = (ThreadMXBean) ManagementFactory.getThreadMXBean();

@@ -66,7 +66,56 @@ class DeterminismAcrossKernelsTest {
                         + hash(inf) + " " + hash(g.dx()) + " " + hash(g.dgamma()) + " " + hash(g.dbeta()) + fused);
             }
         }
+        normHashes(out);
         return out;
+    }
+
+    /**
+     * The norm family on rows with heads, strides, tails (features 37, 100, 1000) and Gemma's
+     * offset, and GroupNorm and InstanceNorm in both layouts, every distribution but EXTREME.
+     */
+    static void normHashes(Map<String, String> out) {
+        long[][] rows = {{3, 2, 37, 80}, {5, 1, 100, 100}, {7, 1, 1000, 1003}};
+        TensorShape[] groups = {TensorShape.nchw(2, 12, 7, 7), TensorShape.nhwc(2, 12, 7, 7),
+            TensorShape.nhwc(3, 64, 5, 5), TensorShape.nchw(1, 8, 33, 33)};
+        int seed = 100;
+        for (TestData.Distribution kind : TestData.Distribution.values()) {
+            if (kind == TestData.Distribution.EXTREME) {
+                continue;
+            }
+            for (long[] r : rows) {
+                seed++;
+                NormProperties.Rows g = new NormProperties.Rows(r[0], (int) r[1], (int) r[2], r[3]);
+                float[] x = NormRuns.strided(NormProperties.rowValues(g, seed, kind), g.rows(), g.heads(), g.features(), g.rowStride(), 0f);
+                float[] dy = NormRuns.strided(TestData.gaussian(Math.toIntExact(g.units() * g.features()), seed + 1, 1),
+                        g.rows(), g.heads(), g.features(), g.rowStride(), 0f);
+                float[] w = TestData.gaussian(g.features(), seed + 2, 1), b = TestData.gaussian(g.features(), seed + 3, 1);
+                LayerNorm ln = LayerNorm.builder(g.rows(), g.features()).heads(g.heads()).rowStride(g.rowStride()).build();
+                NormRuns.Forward f = NormRuns.layerNorm(ln, x, w, b, false, 0f);
+                NormRuns.Backward d = NormRuns.layerNormBackward(ln, x, dy, w, f.mean(), f.rstd(), false);
+                RMSNorm rms = RMSNorm.builder(g.rows(), g.features()).heads(g.heads()).rowStride(g.rowStride()).unitOffset(true).build();
+                NormRuns.Forward q = NormRuns.rmsNorm(rms, x, w, false, 0f);
+                NormRuns.Backward e = NormRuns.rmsNormBackward(rms, x, dy, w, q.rstd(), false);
+                out.put("norm rows " + g + " " + kind, hash(f.y()) + " " + hash(f.mean()) + " " + hash(f.rstd()) + " "
+                        + hash(d.dx()) + " " + hash(d.dw()) + " " + hash(d.db()) + " " + hash(q.y()) + " "
+                        + hash(q.rstd()) + " " + hash(e.dx()) + " " + hash(e.dw()));
+            }
+            for (TensorShape shape : groups) {
+                seed++;
+                float[] x = TestData.tensor(shape, seed, NormProperties.from(kind));
+                float[] dy = TestData.gaussian(x.length, seed + 1, 1);
+                float[] w = TestData.gaussian(shape.channels(), seed + 2, 1), b = TestData.gaussian(shape.channels(), seed + 3, 1);
+                StringBuilder h = new StringBuilder();
+                for (int groupCount : new int[] {4, shape.channels()}) {
+                    GroupNorm gn = GroupNorm.builder(shape, groupCount).build();
+                    NormRuns.Forward f = NormRuns.groupNorm(gn, x, w, b, false, false);
+                    NormRuns.Backward d = NormRuns.groupNormBackward(gn, x, dy, w, f.mean(), f.rstd(), false);
+                    h.append(hash(f.y())).append(' ').append(hash(f.mean())).append(' ').append(hash(f.rstd())).append(' ')
+                            .append(hash(d.dx())).append(' ').append(hash(d.dw())).append(' ').append(hash(d.db())).append(' ');
+                }
+                out.put("norm groups " + shape + " " + kind, h.toString().trim());
+            }
+        }
     }
 
     private static String hash(float[] v) {
