@@ -145,15 +145,14 @@ public interface BatchNormKernels {
 
     /**
      * {@code sum(x^2)} over the run in double: the second quantity of {@link #channelMoments}
-     * with shift 0 (one plane, lanes from zero), the same bits without the first quantity.
+     * with shift 0 (one plane, lanes from zero), the same bits without the first quantity. With
+     * a {@code residual}, {@code residual[i] = x[i] + residual[i]} (one float addition) is
+     * written first and the sum is over those values: RMSNorm's fused residual in one pass.
      */
-    double runSumSquares(MemorySegment x, long off, int n);
+    double runSumSquares(MemorySegment x, MemorySegment residual, long off, int n);
 
     /** {@code y[i] = x[i] * (rstd * weight[i])}, two float multiplications. {@code y} may be {@code x}. */
     void runScale(MemorySegment x, MemorySegment y, long off, int n, float rstd, MemorySegment weight);
-
-    /** {@code residual[i] = x[i] + residual[i]} over the run (one float addition each). */
-    void runAdd(MemorySegment x, MemorySegment residual, long off, int n);
 
     /**
      * {@code y[i] = fma(x[i] - hi, a, fma(-lo, a, bias[i]))} with {@code a = rstd * weight[i]}

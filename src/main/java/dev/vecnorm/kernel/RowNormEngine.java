@@ -93,14 +93,10 @@ public final class RowNormEngine {
         double[] s1 = w.s1, s2 = w.s2;
         for (long u = units * t / tasks, end = units * (t + 1) / tasks; u < end; u++) {
             long off = offset(u);
-            MemorySegment src = w.x;
-            if (w.residual != null) {
-                kernels.runAdd(w.x, w.residual, off, features);
-                src = w.residual;
-            }
+            MemorySegment src = w.residual != null ? w.residual : w.x;
             double n = features;
             if (rms) {
-                float rrms = (float) (1.0 / Math.sqrt(kernels.runSumSquares(src, off, features) / n + epsilon));
+                float rrms = (float) (1.0 / Math.sqrt(kernels.runSumSquares(w.x, w.residual, off, features) / n + epsilon));
                 kernels.runScale(src, w.y, off, features, rrms, w.weight);
                 if (w.rstd != null) {
                     w.rstd.setAtIndex(F32, u, rrms);

@@ -220,18 +220,24 @@ public final class ScalarKernels implements BatchNormKernels {
     // ------------------------------------------------------------------------------------ runs
 
     @Override
-    public double runSumSquares(MemorySegment x, long off, int n) {
+    public double runSumSquares(MemorySegment x, MemorySegment residual, long off, int n) {
         double[] lanes = RUN.get();
         java.util.Arrays.fill(lanes, 0.0);
         int body = n - n % TAIL_GRANULE;
         double tail = 0;
-        for (int i = 0; i < body; i++) {
-            double d = x.get(F32, off + 4L * i);
-            lanes[i % LANES] = Math.fma(d, d, lanes[i % LANES]);
-        }
-        for (int i = body; i < n; i++) {
-            double d = x.get(F32, off + 4L * i);
-            tail = Math.fma(d, d, tail);
+        for (int i = 0; i < n; i++) {
+            long o = off + 4L * i;
+            float v = x.get(F32, o);
+            if (residual != null) {
+                v += residual.get(F32, o);
+                residual.set(F32, o, v);
+            }
+            double d = v;
+            if (i < body) {
+                lanes[i % LANES] = Math.fma(d, d, lanes[i % LANES]);
+            } else {
+                tail = Math.fma(d, d, tail);
+            }
         }
         return LaneTree.combine(lanes, 0, tail);
     }
@@ -242,13 +248,6 @@ public final class ScalarKernels implements BatchNormKernels {
         for (int i = 0; i < n; i++) {
             long o = off + 4L * i;
             y.set(F32, o, x.get(F32, o) * (rstd * weight.getAtIndex(F32, i)));
-        }
-    }
-
-    @Override
-    public void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
-        for (long o = off, end = off + 4L * n; o < end; o += 4) {
-            residual.set(F32, o, x.get(F32, o) + residual.get(F32, o));
         }
     }
 

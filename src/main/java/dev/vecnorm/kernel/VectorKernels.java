@@ -131,19 +131,14 @@ final class VectorKernels implements BatchNormKernels {
     // ------------------------------------------------------------------------------------ runs
 
     @Override
-    public double runSumSquares(MemorySegment x, long off, int n) {
-        return VectorRuns.runSumSquares(x, off, n);
+    public double runSumSquares(MemorySegment x, MemorySegment residual, long off, int n) {
+        return VectorRuns.runSumSquares(x, residual, off, n);
     }
 
     @Override
     public void runScale(MemorySegment x, MemorySegment y, long off, int n, float rstd,
                          MemorySegment weight) {
         VectorRuns.runScale(x, y, off, n, rstd, weight);
-    }
-
-    @Override
-    public void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
-        VectorRuns.runAdd(x, residual, off, n);
     }
 
     @Override

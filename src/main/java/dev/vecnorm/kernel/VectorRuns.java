@@ -43,51 +43,64 @@ final class VectorRuns {
      * {@link BatchNormKernels#runSumSquares}: the lanes in registers at 512 and 256 bits (32
      * lanes are 4 or 8 registers), in an array at other widths.
      */
-    static double runSumSquares(MemorySegment x, long off, int n) {
+    static double runSumSquares(MemorySegment x, MemorySegment residual, long off, int n) {
         if (DL != 8 && DL != 4) {
-            return runSumSquaresAnyWidth(x, off, n);
+            return runSumSquaresAnyWidth(x, residual, off, n);
         }
         long rowsBytes = 4L * (n - n % VIRTUAL_LANES);
         long bodyBytes = 4L * (n - n % TAIL_GRANULE);
+        // With a residual, each row's h = x + residual is stored just before it is summed (the
+        // loads below then read it from L1): one pass over the run, and no second kernel call.
+        MemorySegment h = residual != null ? residual : x;
         DoubleVector q0 = DoubleVector.zero(DOUBLES), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0, q7 = q0;
         long o = off, end = off + rowsBytes;
         for (; o < end; o += ROW_BYTES) {
-            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+            if (residual != null) {
+                for (long p = o, rowEnd = o + ROW_BYTES; p < rowEnd; p += 4L * FL) {
+                    FloatVector.fromMemorySegment(FLOATS, x, p, NATIVE)
+                            .add(FloatVector.fromMemorySegment(FLOATS, residual, p, NATIVE))
+                            .intoMemorySegment(residual, p, NATIVE);
+                }
+            }
+            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o, NATIVE).convertShape(F2D, DOUBLES, 0);
             q0 = d0.fma(d0, q0);
-            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
             q1 = d1.fma(d1, q1);
-            DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
             q2 = d2.fma(d2, q2);
-            DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
             q3 = d3.fma(d3, q3);
             if (DL == 4) {
-                DoubleVector d4 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 4 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d4 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 4 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q4 = d4.fma(d4, q4);
-                DoubleVector d5 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 5 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d5 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 5 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q5 = d5.fma(d5, q5);
-                DoubleVector d6 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 6 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d6 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 6 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q6 = d6.fma(d6, q6);
-                DoubleVector d7 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 7 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d7 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 7 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q7 = d7.fma(d7, q7);
             }
         }
         if (rowsBytes < bodyBytes) {               // a half row: lanes 0..15
-            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+            if (residual != null) {
+                for (long p = o, rowEnd = o + ROW_BYTES / 2; p < rowEnd; p += 4L * FL) {
+                    FloatVector.fromMemorySegment(FLOATS, x, p, NATIVE)
+                            .add(FloatVector.fromMemorySegment(FLOATS, residual, p, NATIVE))
+                            .intoMemorySegment(residual, p, NATIVE);
+                }
+            }
+            DoubleVector d0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o, NATIVE).convertShape(F2D, DOUBLES, 0);
             q0 = d0.fma(d0, q0);
-            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+            DoubleVector d1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
             q1 = d1.fma(d1, q1);
             if (DL == 4) {
-                DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q2 = d2.fma(d2, q2);
-                DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
                 q3 = d3.fma(d3, q3);
             }
         }
-        double t = 0;
-        for (long p = bodyBytes; p < 4L * n; p += 4) {
-            double d = x.get(F32, off + p);
-            t = Math.fma(d, d, t);
-        }
+        double t = sumSquaresTail(x, residual, off, bodyBytes, n);
         // LaneTree's order: lanes 16..31 onto 0..15, then 8..15 onto 0..7, and so on.
         DoubleVector r = DL == 8 ? q0.add(q2).add(q1.add(q3))
                 : q0.add(q4).add(q2.add(q6)).add(q1.add(q5).add(q3.add(q7)));
@@ -99,21 +112,40 @@ final class VectorRuns {
         return r.lane(0) + t;
     }
 
-    private static double runSumSquaresAnyWidth(MemorySegment x, long off, int n) {
+    private static double runSumSquaresAnyWidth(MemorySegment x, MemorySegment residual, long off, int n) {
         double[] lanes = RUN.get();
         java.util.Arrays.fill(lanes, 0.0);
         long bodyBytes = 4L * (n - n % TAIL_GRANULE);
+        if (residual != null) {                    // FL divides TAIL_GRANULE at every width
+            for (long p = off, end = off + bodyBytes; p < end; p += 4L * FL) {
+                FloatVector.fromMemorySegment(FLOATS, x, p, NATIVE)
+                        .add(FloatVector.fromMemorySegment(FLOATS, residual, p, NATIVE))
+                        .intoMemorySegment(residual, p, NATIVE);
+            }
+        }
+        MemorySegment h = residual != null ? residual : x;
         for (long p = 0; p < bodyBytes; p += STEP) {
             int lane = (int) (p / 4 % VIRTUAL_LANES);
-            DoubleVector d = (DoubleVector) FloatVector.fromMemorySegment(HALF, x, off + p, NATIVE).convertShape(F2D, DOUBLES, 0);
+            DoubleVector d = (DoubleVector) FloatVector.fromMemorySegment(HALF, h, off + p, NATIVE).convertShape(F2D, DOUBLES, 0);
             d.fma(d, DoubleVector.fromArray(DOUBLES, lanes, lane)).intoArray(lanes, lane);
         }
+        return LaneTree.combine(lanes, 0, sumSquaresTail(x, residual, off, bodyBytes, n));
+    }
+
+    /** The last fewer than {@code TAIL_GRANULE} values of a run, their h stored first. */
+    private static double sumSquaresTail(MemorySegment x, MemorySegment residual, long off,
+                                         long bodyBytes, int n) {
         double t = 0;
-        for (long p = bodyBytes; p < 4L * n; p += 4) {
-            double d = x.get(F32, off + p);
+        for (long p = off + bodyBytes, end = off + 4L * n; p < end; p += 4) {
+            float v = x.get(F32, p);
+            if (residual != null) {
+                v += residual.get(F32, p);
+                residual.set(F32, p, v);
+            }
+            double d = v;
             t = Math.fma(d, d, t);
         }
-        return LaneTree.combine(lanes, 0, t);
+        return t;
     }
 
     static void runScale(MemorySegment x, MemorySegment y, long off, int n, float rstd,
@@ -127,20 +159,6 @@ final class VectorRuns {
         for (; i < n; i++) {
             long o = off + 4L * i;
             y.set(F32, o, x.get(F32, o) * (rstd * weight.getAtIndex(F32, i)));
-        }
-    }
-
-    static void runAdd(MemorySegment x, MemorySegment residual, long off, int n) {
-        int i = 0;
-        for (; i <= n - FL; i += FL) {
-            long o = off + 4L * i;
-            FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE)
-                    .add(FloatVector.fromMemorySegment(FLOATS, residual, o, NATIVE))
-                    .intoMemorySegment(residual, o, NATIVE);
-        }
-        for (; i < n; i++) {
-            long o = off + 4L * i;
-            residual.set(F32, o, x.get(F32, o) + residual.get(F32, o));
         }
     }
 
