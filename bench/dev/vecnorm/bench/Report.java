@@ -34,12 +34,13 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * arguments: [--quick | --full | --smoke]
  *            [--suite=resnet50|mobilenet_v2|vgg16_bn|resnet50_batch1|batchnorm1d|all[,...]]
  *            [--shapes=mb32ic64ih56iw56,...] [--threads=1,2] [--kernels=vector,scalar]
- *            [--layouts=NCHW,NHWC] [--fused] [--cost] [--peers] [--out=DIR]
+ *            [--layouts=NCHW,NHWC] [--fused] [--cost] [--norms | --norms-only] [--peers] [--out=DIR]
  * </pre>
  *
  * The shapes: {@code --shapes} if given, else the {@code --suite}s' (see {@link Problem#SUITES}),
  * else {@link #DEFAULT_MIX} ({@code --quick}), all suites ({@code --full}) or one tiny shape
- * ({@code --smoke}).
+ * ({@code --smoke}). The norm family's section follows ({@link NormReport}: its own mix, every
+ * norm shape with {@code --norms} or {@code --full}); {@code --norms-only} runs only that section.
  */
 public final class Report {
 
@@ -108,6 +109,32 @@ public final class Report {
                 + s.layouts + " x " + s.kernels + " x threads " + s.threads + "; " + s.forks + " fork(s), "
                 + s.iterations + " x " + s.millis + " ms per benchmark");
         List<RunResult> results = new ArrayList<>();
+        boolean normsOnly = List.of(args).contains("--norms-only");
+        String table = "";
+        if (!normsOnly) {
+            table = batchNorm(s, args, results);
+        }
+        table += NormReport.run(s, NormReport.problems(args, mode(args)));
+        System.out.println();
+        System.out.println(table);
+        Path md = s.out.resolve("report.md");
+        Path svg = s.out.resolve("report.svg");
+        if (!results.isEmpty()) {                  // the chart is BatchNorm's
+            Chart.write(byKey(results), s, svg);
+        }
+        Files.writeString(md, header(s) + (results.isEmpty() ? ""
+                : "![GB/s per kernel against the copy ceiling](report.svg)\n\n") + table, StandardCharsets.UTF_8);
+        System.out.println("written: " + md + (results.isEmpty() ? "" : ", " + svg) + " and JMH's JSON in " + s.out);
+    }
+
+    /** --smoke, --full or quick (the default). */
+    private static String mode(String[] args) {
+        List<String> a = List.of(args);
+        return a.contains("--smoke") ? "smoke" : a.contains("--full") ? "full" : "quick";
+    }
+
+    /** The BatchNorm sections (kernels, overhead, peers, fused, cost); fills {@code results}. */
+    private static String batchNorm(Settings s, String[] args, List<RunResult> results) throws RunnerException {
         // Vector kernels and the ceilings; then the scalar kernels, without the in-place variant
         // (the vector/scalar ratio is reported for the three main kernels).
         List<String> vectorKernels = s.kernels.contains("vector") ? List.of("vector") : List.of();
@@ -137,14 +164,7 @@ public final class Report {
             table += cost(run(s, "dev\\.vecnorm\\.bench\\.DeterminismCostBenchmark\\.", false, null,
                     s.out.resolve("jmh-result-cost.json")), s);
         }
-        System.out.println();
-        System.out.println(table);
-        Path md = s.out.resolve("report.md");
-        Path svg = s.out.resolve("report.svg");
-        Chart.write(byKey(results), s, svg);
-        Files.writeString(md, header(s) + "![GB/s per kernel against the copy ceiling](report.svg)\n\n" + table,
-                StandardCharsets.UTF_8);
-        System.out.println("written: " + md + ", " + svg + " and JMH's JSON in " + s.out);
+        return table;
     }
 
     private static Collection<RunResult> run(Settings s, String kernels, boolean ceilings, String which,
@@ -205,15 +225,16 @@ public final class Report {
                 layouts = split(a);
             } else if (a.equals("--peers")) {
                 peers = true;
-            } else if (a.equals("--fused")) {
-                continue;                          // read by FusedReport.wanted
+            } else if (a.equals("--fused") || a.equals("--norms") || a.equals("--norms-only")) {
+                continue;                          // read by FusedReport.wanted, NormReport.problems and main
             } else if (a.equals("--cost")) {
                 cost = true;
             } else if (a.startsWith("--out=")) {
                 out = Path.of(a.substring("--out=".length()));
             } else {
                 throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --suite=, --shapes=,"
-                        + " --threads=, --kernels=, --layouts=, --cost, --fused, --peers or --out=, got '" + a + "'");
+                        + " --threads=, --kernels=, --layouts=, --cost, --fused, --norms, --norms-only, --peers or --out=,"
+                        + " got '" + a + "'");
             }
         }
         boolean full = mode.equals("full");
