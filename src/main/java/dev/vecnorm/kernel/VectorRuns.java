@@ -51,6 +51,8 @@ final class VectorRuns {
         long bodyBytes = 4L * (n - n % TAIL_GRANULE);
         // With a residual, each row's h = x + residual is stored just before it is summed (the
         // loads below then read it from L1): one pass over the run, and no second kernel call.
+        // The add loops stay written out here: a small add method of their own is what C2 once
+        // compiled with a boxed load (PERFORMANCE.md, "Allocation and C2").
         MemorySegment h = residual != null ? residual : x;
         DoubleVector q0 = DoubleVector.zero(DOUBLES), q1 = q0, q2 = q0, q3 = q0, q4 = q0, q5 = q0, q6 = q0, q7 = q0;
         long o = off, end = off + rowsBytes;

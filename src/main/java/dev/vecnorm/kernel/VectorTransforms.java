@@ -31,6 +31,13 @@ final class VectorTransforms {
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final VectorOperators.Comparison LE = VectorOperators.LE;
+    // Abstract lanewise, compare and blend(Vector, mask), called here, not through FloatVector's final
+    // sub, fma, add and blend(float, mask): their call inside the JDK has one type profile for
+    // every vector size, which the half-width blocks make bimorphic, and C2 then boxed the
+    // full-width loop's vectors (PERFORMANCE.md, "Allocation and C2").
+    private static final VectorOperators.Binary SUB = VectorOperators.SUB, ADD = VectorOperators.ADD;
+    private static final VectorOperators.Ternary FMA = VectorOperators.FMA;
+    private static final FloatVector ZERO = FloatVector.zero(FLOATS);
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
     /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
     private static final ScalarKernels SCALAR = new ScalarKernels();
@@ -238,12 +245,12 @@ final class VectorTransforms {
                 FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
                 FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
                 FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b);
+                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).lanewise(SUB, m).lanewise(FMA, a, b);
                 if (res != null) {
-                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+                    v = v.lanewise(ADD, FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
                 }
                 if (relu) {
-                    v = v.blend(0f, v.compare(LE, 0f));
+                    v = v.blend(ZERO, v.compare(LE, 0f));
                 }
                 v.intoMemorySegment(y, o, NATIVE);
             }
@@ -331,14 +338,14 @@ final class VectorTransforms {
                 FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
                 FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
                 if (y != null) {
-                    g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
+                    g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
                 }
                 if (dres != null) {
                     g.intoMemorySegment(dres, o, NATIVE);
                 }
-                FloatVector v = g.fma(av, cv);
+                FloatVector v = g.lanewise(FMA, av, cv);
                 if (x != null) {
-                    v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, v);
+                    v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).lanewise(SUB, m).lanewise(FMA, bv, v);
                 }
                 v.intoMemorySegment(dx, o, NATIVE);
             }
