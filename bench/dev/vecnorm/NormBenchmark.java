@@ -1,14 +1,12 @@
 package dev.vecnorm;
 
+import dev.vecnorm.bench.CeilingBenchmark;
 import dev.vecnorm.bench.NormProblem;
 import dev.vecnorm.bench.Problem;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
-import java.nio.ByteOrder;
 import java.util.concurrent.TimeUnit;
-import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorSpecies;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
 import org.openjdk.jmh.annotations.Mode;
@@ -31,8 +29,6 @@ import org.openjdk.jmh.annotations.TearDown;
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
 public class NormBenchmark {
 
-    private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
-    private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT;
 
     @Param({"rms_norm/rows32_d4096"})
@@ -69,20 +65,14 @@ public class NormBenchmark {
         switch (p.norm()) {
             case "layer_norm" -> layer = LayerNorm.builder(p.rows(), p.features()).parallelism(threads).build();
             case "rms_norm" -> rms = RMSNorm.builder(p.rows(), p.features()).epsilon(1e-6f).parallelism(threads).build();
-            case "group_norm" -> group = GroupNorm.builder(shape(), p.groups()).parallelism(threads).build();
-            default -> instance = InstanceNorm.builder(shape()).parallelism(threads).build();
+            case "group_norm" -> group = GroupNorm.builder(p.shape(), p.groups()).parallelism(threads).build();
+            default -> instance = InstanceNorm.builder(p.shape()).parallelism(threads).build();
         }
         BatchNormBenchmark.warmUp(() -> {          // past the interpreter and C1, as BatchNormBenchmark
             forward();
             backward();
         });
         forward();
-    }
-
-    private TensorShape shape() {
-        long[] d = p.dims();
-        int n = (int) d[0], c = (int) d[1], h = (int) d[2], wd = (int) d[3];
-        return p.layout() == Layout.NCHW ? TensorShape.nchw(n, c, h, wd) : TensorShape.nhwc(n, c, h, wd);
     }
 
     @TearDown
@@ -165,10 +155,6 @@ public class NormBenchmark {
     /** A Vector API load/store loop over x into y: the ceiling for ordinary stores. */
     @Benchmark
     public void vectorCopy() {
-        long step = S.vectorByteSize(), bytes = x.byteSize(), end = bytes - bytes % step;
-        for (long o = 0; o < end; o += step) {
-            FloatVector.fromMemorySegment(S, x, o, NATIVE).intoMemorySegment(y, o, NATIVE);
-        }
-        MemorySegment.copy(x, end, y, end, bytes - end);
+        CeilingBenchmark.vectorCopy(x, y, 0, x.byteSize());
     }
 }

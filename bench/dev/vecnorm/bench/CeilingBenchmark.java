@@ -102,14 +102,17 @@ public class CeilingBenchmark {
 
     @Benchmark
     public void vectorCopy() {
-        split((from, to) -> {
-            long step = S.vectorByteSize();
-            long end = to - (to - from) % step;
-            for (long o = from; o < end; o += step) {
-                FloatVector.fromMemorySegment(S, x, o, NATIVE).intoMemorySegment(y, o, NATIVE);
-            }
-            MemorySegment.copy(x, end, y, end, to - end);
-        });
+        split((from, to) -> vectorCopy(x, y, from, to));
+    }
+
+    /** The vector copy loop over bytes [from, to) of x into y (NormBenchmark's ceiling too). */
+    public static void vectorCopy(MemorySegment x, MemorySegment y, long from, long to) {
+        long step = S.vectorByteSize();
+        long end = to - (to - from) % step;
+        for (long o = from; o < end; o += step) {
+            FloatVector.fromMemorySegment(S, x, o, NATIVE).intoMemorySegment(y, o, NATIVE);
+        }
+        MemorySegment.copy(x, end, y, end, to - end);
     }
 
     @Benchmark

@@ -58,7 +58,7 @@ final class FusedReport {
         Map<String, Double> ms = new LinkedHashMap<>();
         for (RunResult r : ours) {
             var p = r.getParams();
-            ms.put(name(p.getBenchmark()) + "/" + p.getParam("shape") + "/" + p.getParam("layout"), median(r.getPrimaryResult()));
+            ms.put(name(p.getBenchmark()) + "/" + p.getParam("shape") + "/" + p.getParam("layout"), Report.median(r.getPrimaryResult()));
         }
         Map<Report.Key, Result<?>> mine = Report.byKey(plain);
         // The fastest format of each peer library, per shape and kernel.
@@ -66,7 +66,7 @@ final class FusedReport {
         for (RunResult r : theirs) {
             var p = r.getParams();
             String lib = p.getBenchmark().contains("OneDnn") ? "oneDNN" : "PyTorch";
-            peer.merge(lib + "/" + p.getParam("shape") + "/" + name(p.getBenchmark()), median(r.getPrimaryResult()), Math::min);
+            peer.merge(lib + "/" + p.getParam("shape") + "/" + name(p.getBenchmark()), Report.median(r.getPrimaryResult()), Math::min);
         }
         StringBuilder t = new StringBuilder("\nFused kernels (vector kernels, " + threads + " thread, ms): vecnorm fused"
                 + " against vecnorm's plain kernel of the same call (cost = fused / plain - 1; target within 5 %),"
@@ -87,7 +87,7 @@ final class FusedReport {
                         continue;
                     }
                     double separate = orNaN(ms.get(kernel + "Separate/" + shape + "/" + layout));
-                    double base = median(mine.get(new Report.Key(PLAIN.get(kernel), shape, layout, "vector", threads)));
+                    double base = Report.median(mine.get(new Report.Key(PLAIN.get(kernel), shape, layout, "vector", threads)));
                     t.append(String.format(Locale.ROOT, "| %s | %s | %s | %.4g | %s | %s | %.4g | %.2fx |", s.cells(shape), layout,
                             kernel, fused, fmt(base), Double.isNaN(base) ? "" : String.format(Locale.ROOT, "%+.0f %%",
                                     100 * (fused / base - 1)), separate, separate / fused));
@@ -116,12 +116,5 @@ final class FusedReport {
 
     private static String fmt(double v) {
         return Double.isNaN(v) ? "—" : String.format(Locale.ROOT, "%.4g", v);
-    }
-
-    private static double median(Result<?> r) {
-        if (r == null) {
-            return Double.NaN;
-        }
-        return r.getStatistics().getN() > 0 ? r.getStatistics().getPercentile(50) : r.getScore();
     }
 }

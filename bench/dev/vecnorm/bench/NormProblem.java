@@ -1,6 +1,7 @@
 package dev.vecnorm.bench;
 
 import dev.vecnorm.Layout;
+import dev.vecnorm.TensorShape;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStream;
@@ -59,6 +60,11 @@ public record NormProblem(String norm, long rows, int features, long[] dims, int
     /** Whether this is a row norm (LayerNorm, RMSNorm). */
     public boolean rowNorm() {
         return dims == null;
+    }
+
+    /** The tensor shape of GroupNorm and InstanceNorm problems. */
+    public TensorShape shape() {
+        return Problem.shape(dims, layout);
     }
 
     /** The floats of the tensor. */

@@ -6,7 +6,6 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import org.openjdk.jmh.results.Result;
 import org.openjdk.jmh.results.RunResult;
 import org.openjdk.jmh.runner.Runner;
 import org.openjdk.jmh.runner.RunnerException;
@@ -83,7 +82,7 @@ final class NormReport {
             var p = r.getParams();
             String b = p.getBenchmark();
             String who = b.contains(".peers.OneDnn") ? "oneDNN/" : b.contains(".peers.PyTorch") ? "PyTorch/" : "";
-            ms.put(who + b.substring(b.lastIndexOf('.') + 1) + "/" + p.getParam("problem"), median(r.getPrimaryResult()));
+            ms.put(who + b.substring(b.lastIndexOf('.') + 1) + "/" + p.getParam("problem"), Report.median(r.getPrimaryResult()));
         }
         StringBuilder t = new StringBuilder("\nNorm family (vector kernels, 1 thread, ms; GB/s under the minimum"
                 + " traffic: forward 8 bytes per element, backward 12; `of vector copy` = GB/s over the Vector API"
@@ -167,12 +166,5 @@ final class NormReport {
 
     private static String ratio(double r) {
         return Double.isNaN(r) ? "—" : String.format(Locale.ROOT, "%.2fx", r);
-    }
-
-    private static double median(Result<?> r) {
-        if (r == null) {
-            return Double.NaN;
-        }
-        return r.getStatistics().getN() > 0 ? r.getStatistics().getPercentile(50) : r.getScore();
     }
 }

@@ -54,7 +54,11 @@ public final class Problem {
 
     /** Parses {@code mbNicCihHiwW} into a shape of the given layout. */
     public static TensorShape parse(String descriptor, Layout layout) {
-        long[] d = dims(descriptor);
+        return shape(dims(descriptor), layout);
+    }
+
+    /** The shape of {N, C, H, W} in the given layout. */
+    public static TensorShape shape(long[] d, Layout layout) {
         int n = Math.toIntExact(d[0]), c = Math.toIntExact(d[1]), h = Math.toIntExact(d[2]), w = Math.toIntExact(d[3]);
         return layout == Layout.NCHW ? TensorShape.nchw(n, c, h, w) : TensorShape.nhwc(n, c, h, w);
     }

@@ -73,12 +73,12 @@ public final class Report {
 
     record Settings(List<Problem.Named> problems, List<String> threads, List<String> kernels,
                     List<String> layouts, int forks, int warmups, int iterations, long millis,
-                    Path out, boolean cost, boolean peers) {
+                    Path out, boolean cost, boolean peers, String mode) {
 
         /** One measured iteration fewer (at least one): for the scalar kernels, which only give a ratio. */
         Settings fewerIterations() {
             return new Settings(problems, threads, kernels, layouts, forks, warmups, Math.max(1, iterations - 1),
-                    millis, out, cost, peers);
+                    millis, out, cost, peers, mode);
         }
 
         /** The shapes' descriptors, the JMH parameter. */
@@ -114,7 +114,7 @@ public final class Report {
         if (!normsOnly) {
             table = batchNorm(s, args, results);
         }
-        table += NormReport.run(s, NormReport.problems(args, mode(args)));
+        table += NormReport.run(s, NormReport.problems(args, s.mode()));
         System.out.println();
         System.out.println(table);
         Path md = s.out.resolve("report.md");
@@ -125,12 +125,6 @@ public final class Report {
         Files.writeString(md, header(s) + (results.isEmpty() ? ""
                 : "![GB/s per kernel against the copy ceiling](report.svg)\n\n") + table, StandardCharsets.UTF_8);
         System.out.println("written: " + md + (results.isEmpty() ? "" : ", " + svg) + " and JMH's JSON in " + s.out);
-    }
-
-    /** --smoke, --full or quick (the default). */
-    private static String mode(String[] args) {
-        List<String> a = List.of(args);
-        return a.contains("--smoke") ? "smoke" : a.contains("--full") ? "full" : "quick";
     }
 
     /** The BatchNorm sections (kernels, overhead, peers, fused, cost); fills {@code results}. */
@@ -256,9 +250,9 @@ public final class Report {
         }
         boolean withCost = cost != null ? cost : full;
         return switch (mode) {
-            case "smoke" -> new Settings(problems, threads, kernels, layouts, 1, 1, 1, 100, out, withCost, peers);
-            case "full" -> new Settings(problems, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost, peers);
-            default -> new Settings(problems, threads, kernels, layouts, 1, 1, 3, 200, out, withCost, peers);
+            case "smoke" -> new Settings(problems, threads, kernels, layouts, 1, 1, 1, 100, out, withCost, peers, mode);
+            case "full" -> new Settings(problems, threads, kernels, layouts, 2, 3, 5, 1000, out, withCost, peers, mode);
+            default -> new Settings(problems, threads, kernels, layouts, 1, 1, 3, 200, out, withCost, peers, mode);
         };
     }
 
@@ -596,7 +590,8 @@ public final class Report {
         return t.toString();
     }
 
-    private static double median(Result<?> r) {
+    /** The median of a result's samples (its score where it has none); NaN for no result. */
+    static double median(Result<?> r) {
         if (r == null) {
             return Double.NaN;
         }
