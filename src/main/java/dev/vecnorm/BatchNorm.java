@@ -204,6 +204,105 @@ public final class BatchNorm {
     }
 
     /**
+     * Training-mode forward with the batch statistics given rather than computed from x: the
+     * step after accumulate, exchange and merge (see {@link ChannelStatistics}). Normalises x
+     * with {@code statistics}' mean and biased variance exactly as
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment) forwardTraining} does with its own, and writes them rounded
+     * to float into {@code mean} and {@code variance}: given
+     * {@code new ChannelStatistics(c).accumulate(this, x)}, the same bits as that call. The
+     * statistics may be of a larger batch than x (synchronized BatchNorm: every worker
+     * normalises its shard with the merged statistics of all shards). x is read once.
+     *
+     * @param statistics the merged statistics, of at least 2 values per channel
+     * @throws IllegalArgumentException as the plain call, and if statistics has other channels
+     *                                  or fewer than 2 values
+     * @throws NullPointerException     if x, statistics, y, mean or variance is null
+     */
+    public void forwardTraining(ChannelStatistics statistics, MemorySegment x, MemorySegment gamma,
+                                MemorySegment beta, MemorySegment y, MemorySegment mean,
+                                MemorySegment variance) {
+        forwardTraining(statistics, x, null, gamma, beta, y, mean, variance);
+    }
+
+    /**
+     * {@link #forwardTraining(ChannelStatistics, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment)} with a residual added before the activation,
+     * as {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment)}; residual may be null (none).
+     */
+    public void forwardTraining(ChannelStatistics statistics, MemorySegment x,
+                                MemorySegment residual, MemorySegment gamma, MemorySegment beta,
+                                MemorySegment y, MemorySegment mean, MemorySegment variance) {
+        requireStatistics("statistics", statistics == null ? -1 : statistics.channels(),
+                statistics == null ? 0 : statistics.count());
+        long e = shape.elements();
+        int c = shape.channels();
+        boolean shareable = Arguments.start()
+                .input("x", x, e, "the input tensor", false)
+                .input("residual", residual, e, "the tensor added before the activation", true)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .output("y", y, e, "the output tensor", false)
+                .output("mean", mean, c, "one mean per channel", false)
+                .output("variance", variance, c, "one variance per channel", false)
+                .finish("y", "x", "y", "residual");
+        engineFor(shareable).forwardTraining(x, residual, gamma, beta, statistics.moments(), y,
+                mean, variance, relu);
+    }
+
+    /**
+     * The chunks this instance's statistics are reduced in: chunk k is images (NCHW) or rows
+     * (NHWC: N * H * W rows of C floats) [b[k], b[k + 1]). They depend on the shape only (not
+     * on the parallelism). Accumulating them in order into {@link ChannelStatistics} (or
+     * {@link GradientStatistics}) reproduces {@link #forwardTraining}'s statistics (backward's
+     * sums) bit for bit, however the chunks are spread over objects, threads or machines, as
+     * long as the merges are in chunk order.
+     *
+     * @return chunks + 1 boundaries, from 0 to the images (NCHW) or rows (NHWC)
+     */
+    public long[] statisticsChunks() {
+        return serial.chunkBoundaries();
+    }
+
+    /** Units of {@link #statisticsChunks()}: images (NCHW) or rows (NHWC). */
+    long statisticsUnits() {
+        return serial.units();
+    }
+
+    /** Values per channel in one unit of {@link #statisticsChunks()}. */
+    long valuesPerUnit() {
+        return shape.perChannel() / serial.units();
+    }
+
+    BatchNormEngine statisticsEngine() {
+        return serial;
+    }
+
+    void checkRange(long from, long to) {
+        long units = statisticsUnits();
+        if (from < 0 || from > to || to > units) {
+            throw new IllegalArgumentException("from, to: expected 0 <= from <= to <= " + units
+                    + " (the " + (shape.layout() == Layout.NCHW ? "images" : "rows of C floats")
+                    + " of " + shape + "), got " + from + ", " + to);
+        }
+    }
+
+    private void requireStatistics(String name, int channels, long count) {
+        if (channels < 0) {
+            throw new NullPointerException(name + ": expected merged statistics, got null");
+        }
+        if (channels != shape.channels()) {
+            throw new IllegalArgumentException(name + ": expected statistics of " + shape.channels()
+                    + " channels, got " + channels);
+        }
+        if (count < 2) {
+            throw new IllegalArgumentException(name + ": expected statistics of at least 2 values"
+                    + " per channel, got " + count);
+        }
+    }
+
+    /**
      * Inference-mode forward with given statistics (the paper's Algorithm 2):
      * {@code y = gamma[c] * (x - mean[c]) / sqrt(variance[c] + eps) + beta[c]}. {@code y} may be
      * {@code x}. A negative variance below {@code -eps} gives NaN in that channel. With activation
@@ -280,6 +379,35 @@ public final class BatchNorm {
         requireBatchOfMany("backward");
         boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
         engineFor(shareable).backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false);
+    }
+
+    /**
+     * {@link #backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment) backward} with the gradient sums given rather
+     * than computed from x and dy (synchronized BatchNorm: the sums of every worker's shard,
+     * merged): with M = {@code sums.count()},
+     * <pre>
+     *   dbeta  = sumDy,   dgamma = invstd * sumDyXmu
+     *   dx     = gamma * invstd * (dy - sumDy / M - (x - mean) * invstd * dgamma / M)
+     * </pre>
+     * Given {@code new GradientStatistics(c).accumulate(this, x, dy, mean)}, the same bits as
+     * that call; x and dy are read once. dgamma and dbeta are the merged sums' (the whole
+     * batch's); pass null where the engine reduces parameter gradients itself.
+     *
+     * @throws IllegalArgumentException as the plain call, and if sums has other channels or
+     *                                  fewer than 2 values
+     * @throws NullPointerException     if x, dy, mean, variance, sums or dx is null
+     * @throws IllegalStateException    if the activation is {@link Activation#RELU} (mask dy
+     *                                  first and use an instance without activation)
+     */
+    public void backward(GradientStatistics sums, MemorySegment x, MemorySegment dy,
+                         MemorySegment gamma, MemorySegment mean, MemorySegment variance,
+                         MemorySegment dx, MemorySegment dgamma, MemorySegment dbeta) {
+        requireNoActivation("backward");
+        requireStatistics("sums", sums == null ? -1 : sums.channels(), sums == null ? 0 : sums.count());
+        boolean shareable = backwardArguments(x, dy, gamma, mean, variance, dx, dgamma, dbeta);
+        engineFor(shareable).backward(x, dy, gamma, mean, variance, sums.sumDyArray(),
+                sums.sumDyXmuArray(), sums.count(), dx, dgamma, dbeta);
     }
 
     /**

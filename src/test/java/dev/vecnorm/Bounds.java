@@ -34,6 +34,73 @@ final class Bounds {
         return 2.0 * (n + 8) * W * sumAbsD / n;
     }
 
+    /** Error bounds of a double mean and biased variance (see {@link #partsError}). */
+    record StatisticsError(double mean, double variance) {
+    }
+
+    /**
+     * Absolute errors of the kernels' double mean and variance when a channel's values are
+     * reduced in parts (chunks, or a caller's split), each about its own first value K_p, and
+     * the parts merged in order with Chan's formula; {@code v} holds the channel's values in
+     * reduction order and part p is [bounds[p], bounds[p + 1]).
+     * <ul>
+     *   <li>A part of n values: S1 = sum(x - K) and S2 = sum((x - K)^2) err as in
+     *       {@link #meanError} and {@link #varianceError} (n + 8 roundings per value), so its
+     *       mean K + S1 / n errs by E = (n + 8) w A / n + 2w |m| (A = sum |x - K|, two more
+     *       roundings), its M2 = S2 - S1^2 / n by H = 2 (n + 8) w (Q + 2 |S| A / n).</li>
+     *   <li>A merge of (na, ma, M2a) with errors (ea, ha) and a part (nb, mb, M2b) with (E, H):
+     *       delta = mb - ma errs by e = (ea + E)(1 + w) + w |delta|; the term
+     *       delta^2 na nb / n by (2 |delta| + e) e na nb / n and 4 roundings; the two additions
+     *       of M2 by 2w of the (nonnegative) total: h' = ha + H + term error + 2w total. The
+     *       mean ma + delta nb / n errs by ea + (e + 2w (|delta| + e)) nb / n + 2w (|ma| + |delta|).</li>
+     *   <li>The variance M2 / n: h / n and one rounding.</li>
+     * </ul>
+     * The exact part means and M2s are taken two-pass in double (their own error, a few w of
+     * the values, is far below the bound's terms).
+     */
+    static StatisticsError partsError(double[] v, long[] bounds) {
+        double n = 0, mean = 0, m2 = 0, ea = 0, ha = 0;
+        for (int p = 0; p + 1 < bounds.length; p++) {
+            int from = (int) bounds[p], to = (int) bounds[p + 1];
+            if (from == to) {
+                continue;
+            }
+            double k = v[from], a = 0, sd = 0, q = 0, sum = 0;
+            for (int i = from; i < to; i++) {
+                double d = v[i] - k;
+                a += Math.abs(d);
+                sd += d;
+                q += d * d;
+                sum += v[i];
+            }
+            double np = to - from, mp = sum / np, m2p = 0;
+            for (int i = from; i < to; i++) {
+                m2p += (v[i] - mp) * (v[i] - mp);
+            }
+            double e = (np + 8) * W * a / np + 2 * W * Math.abs(mp);
+            double h = 2 * (np + 8) * W * (q + 2 * Math.abs(sd) * a / np);
+            if (n == 0) {
+                n = np;
+                mean = mp;
+                m2 = m2p;
+                ea = e;
+                ha = h;
+                continue;
+            }
+            double total = n + np, delta = mp - mean, t = n * np / total;
+            double ed = (ea + e) * (1 + W) + W * Math.abs(delta);
+            double term = delta * delta * t;
+            double termError = (2 * Math.abs(delta) + ed) * ed * t + 4 * W * (Math.abs(delta) + ed) * (Math.abs(delta) + ed) * t;
+            double newM2 = m2 + m2p + term;
+            ha = ha + h + termError + 2 * W * (newM2 + ha + h + termError);
+            ea = ea + (ed + 2 * W * (Math.abs(delta) + ed)) * np / total + 2 * W * (Math.abs(mean) + Math.abs(delta));
+            mean += delta * np / total;
+            m2 = newM2;
+            n = total;
+        }
+        return new StatisticsError(ea, ha / n + W * m2 / n);
+    }
+
     /**
      * Training-mode y = gamma (x - mu) / sqrt(var + eps) + beta, which the kernels compute as
      * fma(fl(x - hi), fl(a), fl(beta - lo a)) with hi + lo = m, the kernel's double mean, and

@@ -23,46 +23,63 @@ final class Expect {
         }
     }
 
-    /** Per-channel facts the bounds need: the shifted sums of the kernels' reduction. */
-    private record ChannelSums(double sumAbsD, double sumD, double sumD2) {
-        static ChannelSums of(TensorShape shape, float[] x, int c) {
-            double k = x[Reference.index(shape, 0, c, 0)];
-            double sumAbsD = 0, sumD = 0, sumD2 = 0;
-            for (int n = 0; n < shape.batch(); n++) {
-                for (long s = 0; s < shape.spatial(); s++) {
-                    double d = x[Reference.index(shape, n, c, s)] - k;
-                    sumAbsD += Math.abs(d);
-                    sumD += d;
-                    sumD2 += d * d;
-                }
+    /**
+     * The error bounds of channel c's double mean and variance as forwardTraining reduces it:
+     * in the chunks of {@link BatchNorm#statisticsChunks()} (which depend on the shape only),
+     * each about its own first value ({@link Bounds#partsError}).
+     */
+    static Bounds.StatisticsError statisticsError(TensorShape shape, float[] x, int c) {
+        return statisticsError(shape, x, c, chunks(shape));
+    }
+
+    /** forwardTraining's chunks for the shape, in images (NCHW) or rows (NHWC). */
+    static long[] chunks(TensorShape shape) {
+        return CHUNKS.computeIfAbsent(shape, sh -> BatchNorm.builder(sh).build().statisticsChunks());
+    }
+
+    private static final java.util.Map<TensorShape, long[]> CHUNKS = new java.util.concurrent.ConcurrentHashMap<>();
+
+    /** {@link #statisticsError(TensorShape, float[], int)} for parts of the given boundaries (images or rows). */
+    static Bounds.StatisticsError statisticsError(TensorShape shape, float[] x, int c, long[] units) {
+        double[] v = new double[Math.toIntExact(shape.perChannel())];
+        int j = 0;
+        for (int n = 0; n < shape.batch(); n++) {
+            for (long s = 0; s < shape.spatial(); s++) {
+                v[j++] = x[Reference.index(shape, n, c, s)];
             }
-            return new ChannelSums(sumAbsD, sumD, sumD2);
         }
+        long perUnit = shape.perChannel() / units[units.length - 1];
+        long[] bounds = new long[units.length];
+        for (int i = 0; i < units.length; i++) {
+            bounds[i] = units[i] * perUnit;
+        }
+        return Bounds.partsError(v, bounds);
     }
 
     /** The float mean's bound: its rounding, the double mean's error, a subnormal rounding. */
-    private static double meanBound(long m, ChannelSums sums, double mu) {
-        return Bounds.U * Math.abs(mu) + Bounds.meanError(m, sums.sumAbsD) + Bounds.TINY;
-    }
-
-    /** {@link #meanBound} for channel c of x. */
     static double meanBound(TensorShape shape, float[] x, int c, double mu) {
-        return meanBound(shape.perChannel(), ChannelSums.of(shape, x, c), mu);
+        return Bounds.U * Math.abs(mu) + statisticsError(shape, x, c).mean() + Bounds.TINY;
     }
 
     /** The bound of {@link Bounds#trainingOutput} for every element of y (in the shape's layout). */
     static double[] trainingOutputBounds(TensorShape shape, float[] x, float[] gamma, float[] beta,
                                          float eps) {
+        return trainingOutputBounds(shape, x, gamma, beta, eps, chunks(shape));
+    }
+
+    /** {@link #trainingOutputBounds} for statistics reduced in parts of these boundaries. */
+    static double[] trainingOutputBounds(TensorShape shape, float[] x, float[] gamma, float[] beta,
+                                         float eps, long[] parts) {
         Reference.Moments ref = Reference.moments(shape, x);
         double[] bounds = new double[x.length];
         for (int c = 0; c < shape.channels(); c++) {
-            ChannelSums sums = ChannelSums.of(shape, x, c);
+            Bounds.StatisticsError err = statisticsError(shape, x, c, parts);
             double mu = ref.mean()[c], var = ref.variance()[c];
-            double varError = Bounds.varianceError(shape.perChannel(), sums.sumAbsD, sums.sumD, sums.sumD2);
+            double varError = err.variance();
             double a = (gamma == null ? 1 : gamma[c]) / Math.sqrt(var + eps);
             double relA = varError / (2 * (var + eps)) + 4 * Bounds.W;
             double b = beta == null ? 0 : beta[c];
-            double meanErr = Bounds.meanError(shape.perChannel(), sums.sumAbsD);
+            double meanErr = err.mean();
             for (int n = 0; n < shape.batch(); n++) {
                 for (long s = 0; s < shape.spatial(); s++) {
                     int i = Reference.index(shape, n, c, s);
@@ -76,24 +93,31 @@ final class Expect {
     /** Checks training-mode mean, variance and y against the double reference and its bounds. */
     static void trainingMatchesReference(TensorShape shape, float[] x, float[] gamma, float[] beta,
                                          float eps, Runs.Training got, String context) {
+        trainingMatchesReference(shape, x, gamma, beta, eps, got, context, chunks(shape));
+    }
+
+    /** {@link #trainingMatchesReference} for statistics reduced in parts of these boundaries. */
+    static void trainingMatchesReference(TensorShape shape, float[] x, float[] gamma, float[] beta,
+                                         float eps, Runs.Training got, String context,
+                                         long[] parts) {
         int channels = shape.channels();
         long m = shape.perChannel();
         Reference.Moments ref = Reference.moments(shape, x);
         double[] g = gamma == null ? Reference.filled(channels, 1) : Reference.widen(gamma);
         double[] b = beta == null ? Reference.filled(channels, 0) : Reference.widen(beta);
         double[] y = Reference.transform(shape, x, g, b, ref.mean(), ref.variance(), eps);
-        double[] bounds = trainingOutputBounds(shape, x, gamma, beta, eps);
+        double[] bounds = trainingOutputBounds(shape, x, gamma, beta, eps, parts);
         for (int c = 0; c < channels; c++) {
-            ChannelSums sums = ChannelSums.of(shape, x, c);
+            Bounds.StatisticsError err = statisticsError(shape, x, c, parts);
             double mu = ref.mean()[c], var = ref.variance()[c];
             String at = context + ", channel " + c;
-            within("mean", got.mean()[c], mu, meanBound(m, sums, mu), at);
+            within("mean", got.mean()[c], mu, Bounds.U * Math.abs(mu) + err.mean() + Bounds.TINY, at);
             if (Float.isInfinite((float) var)) {
                 // Beyond float's range (values near 1e38): rounding gives +Infinity.
                 assertEquals(Float.POSITIVE_INFINITY, got.variance()[c], "variance at " + at);
             } else {
                 within("variance", got.variance()[c], var, Bounds.U * var
-                        + Bounds.varianceError(m, sums.sumAbsD, sums.sumD, sums.sumD2) + Bounds.TINY, at);
+                        + err.variance() + Bounds.TINY, at);
             }
             for (int n = 0; n < shape.batch(); n++) {
                 for (long s = 0; s < shape.spatial(); s++) {

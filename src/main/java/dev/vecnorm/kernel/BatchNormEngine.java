@@ -180,7 +180,7 @@ public final class BatchNormEngine {
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
-                kernels.channelMoments(w.x, planeOffset(img, c), 0, 1, spatial, w.shift[c], lanes,
+                kernels.channelMoments(w.x, planeOffset(img, c), 0, 1, spatial, w.shift[k][c], lanes,
                         null, null, c);
             }
         }
@@ -214,7 +214,7 @@ public final class BatchNormEngine {
 
     /** Statistics of chunk k: rows [start(k), start(k + 1)). */
     private void rowMoments(Scratch w, int k) {
-        kernels.rowMoments(w.x, channels, start(k), start(k + 1), 0, channels, w.shift, w.s1[k],
+        kernels.rowMoments(w.x, channels, start(k), start(k + 1), 0, channels, w.shift[k], w.s1[k],
                 w.s2[k]);
     }
 
@@ -260,9 +260,9 @@ public final class BatchNormEngine {
             int images = (int) (start(k + 1) - start(k));
             for (int c = c0; c < c1; c++) {
                 kernels.channelMoments(w.x, planeOffset(start(k), c), imageBytes(), images, spatial,
-                        w.shift[c], null, w.s1[k], w.s2[k], c);
+                        w.shift[k][c], null, w.s1[k], w.s2[k], c);
             }
-            w.moments.mergeShiftedSums(c0, c1, images * spatial, w.shift, w.s1[k], w.s2[k]);
+            w.moments.mergeShiftedSums(c0, c1, images * spatial, w.shift[k], w.s1[k], w.s2[k]);
         }
         normalizeBlock(w, c0, c1, trainingParameters(w, c0, c1));
     }
@@ -291,7 +291,7 @@ public final class BatchNormEngine {
         workers.run(chunks, w, nchw ? planeMoments : rowMoments);
         for (int k = 0; k < chunks; k++) {
             long values = (start(k + 1) - start(k)) * (nchw ? spatial : 1);
-            w.moments.mergeShiftedSums(0, channels, values, w.shift, w.s1[k], w.s2[k]);
+            w.moments.mergeShiftedSums(0, channels, values, w.shift[k], w.s1[k], w.s2[k]);
         }
     }
 
@@ -358,6 +358,145 @@ public final class BatchNormEngine {
                     | FAR_MEAN_BITS - 1 - (Float.floatToRawIntBits(mu[c]) & 0x7fffffff)) >>> 31;
         }
         return suspects;
+    }
+
+    // ------------------------------------------------------------------ statistics in parts
+
+    /**
+     * The images (NCHW) or rows (NHWC, and NCHW with one value per plane) the statistics are
+     * reduced over: the units of {@link #chunkBoundaries} and {@link #accumulate}.
+     */
+    public long units() {
+        return units;
+    }
+
+    /**
+     * The chunks of the reductions: chunk k is units [b[k], b[k + 1]), {@code chunks + 1}
+     * boundaries from 0 to {@link #units()}. They depend on the shape only.
+     */
+    public long[] chunkBoundaries() {
+        long[] b = new long[chunks + 1];
+        for (int k = 0; k <= chunks; k++) {
+            b[k] = start(k);
+        }
+        return b;
+    }
+
+    /**
+     * Merges the statistics of units [from, to) of x after those in {@code into}, part by part:
+     * the range's intersections with the chunks, each reduced as {@link #forwardTraining} reduces
+     * a chunk (shifted by its own first values) and merged in chunk order. Accumulating the whole
+     * tensor, or its chunks in order, hence gives forwardTraining's statistics bit for bit. Runs
+     * on the calling thread.
+     */
+    public void accumulate(MemorySegment x, long from, long to, ChannelMoments into) {
+        Scratch w = scratch.acquire();
+        try {
+            double[] shift = w.shift[0], s1 = w.s1[0], s2 = w.s2[0];
+            for (int k = 0; k < chunks; k++) {
+                long a = Math.max(from, start(k)), b = Math.min(to, start(k + 1));
+                if (a >= b) {
+                    continue;
+                }
+                for (int c = 0; c < channels; c++) {
+                    shift[c] = shiftOf(x, a, c);
+                }
+                if (nchw) {
+                    for (int c = 0; c < channels; c++) {
+                        kernels.channelMoments(x, planeOffset(a, c), imageBytes(), (int) (b - a),
+                                spatial, shift[c], null, s1, s2, c);
+                    }
+                } else {
+                    kernels.rowMoments(x, channels, a, b, 0, channels, shift, s1, s2);
+                }
+                w.part.reset();
+                w.part.mergeShiftedSums(0, channels, (b - a) * (nchw ? spatial : 1), shift, s1, s2);
+                into.merge(w.part);
+            }
+        } finally {
+            scratch.release(w);
+        }
+    }
+
+    /**
+     * Adds the gradient sums of units [from, to) to {@code sumDy} and {@code sumDyXmu}, part by
+     * part as {@link #accumulate}: each part's sums as {@link #backward} computes a chunk's, added
+     * in chunk order, so the whole tensor's (or its chunks' in order) are backward's bit for bit.
+     * {@code mean} is the forward's float mean per channel. Runs on the calling thread.
+     */
+    public void accumulateGradient(MemorySegment x, MemorySegment dy, MemorySegment mean, long from,
+                                   long to, double[] sumDy, double[] sumDyXmu) {
+        Scratch w = scratch.acquire();
+        try {
+            double[] meanD = widen(channelVector(mean, 0f, w.mu), w.meanD), s1 = w.s1[0], s2 = w.s2[0];
+            for (int k = 0; k < chunks; k++) {
+                long a = Math.max(from, start(k)), b = Math.min(to, start(k + 1));
+                if (a >= b) {
+                    continue;
+                }
+                if (nchw) {
+                    for (int c = 0; c < channels; c++) {
+                        kernels.channelGradientSums(x, dy, planeOffset(a, c), imageBytes(),
+                                (int) (b - a), spatial, meanD[c], null, s1, s2, c);
+                    }
+                } else {
+                    kernels.rowGradientSums(x, dy, channels, a, b, 0, channels, meanD, s1, s2);
+                }
+                for (int c = 0; c < channels; c++) {
+                    sumDy[c] += s1[c];
+                    sumDyXmu[c] += s2[c];
+                }
+            }
+        } finally {
+            scratch.release(w);
+        }
+    }
+
+    /**
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, boolean)} with the statistics given (merged
+     * by the caller) instead of computed from x: the same parameters and transform, so given
+     * the moments that the call would compute it writes the same bits.
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, ChannelMoments given, MemorySegment y,
+                                MemorySegment mean, MemorySegment variance, boolean relu) {
+        Scratch w = scratch.acquire();
+        try {
+            w.residual = residual;
+            w.relu = relu;
+            channelVector(gamma, 1f, w.g);
+            channelVector(beta, 0f, w.b);
+            w.moments.copyFrom(given);
+            w.x = x;
+            w.y = y;
+            w.mean = mean;
+            w.variance = variance;
+            int far = trainingParameters(w, 0, channels);
+            normalize(w, x, y, w.mu, w.scale, w.offset, far);
+        } finally {
+            scratch.release(w);
+        }
+    }
+
+    /**
+     * {@link #backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, boolean)} (not frozen) with the gradient sums
+     * given, over {@code count} values per channel (the merged batch's), instead of computed.
+     */
+    public void backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment mean,
+                         MemorySegment variance, double[] sumDy, double[] sumDyXmu, long count,
+                         MemorySegment dx, MemorySegment dgamma, MemorySegment dbeta) {
+        Scratch w = scratch.acquire();
+        try {
+            w.givenSums = true;
+            System.arraycopy(sumDy, 0, w.sumDy, 0, channels);
+            System.arraycopy(sumDyXmu, 0, w.sumDyXmu, 0, channels);
+            w.count = count;
+            backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, false, w);
+        } finally {
+            scratch.release(w);
+        }
     }
 
     // ------------------------------------------------------------------------ forward inference
@@ -476,15 +615,18 @@ public final class BatchNormEngine {
         channelVector(variance, 0f, w.var);
         float[] mu = channelVector(mean, 0f, w.mu);
         boolean sums = !frozen || dgamma != null || dbeta != null;
-        w.clear(w.sumDy);
-        w.clear(w.sumDyXmu);
+        if (!w.givenSums) {
+            w.clear(w.sumDy);
+            w.clear(w.sumDyXmu);
+            w.count = m;
+        }
         widen(mu, w.meanD);
         w.x = x;
         w.dy = dy;
         w.dx = dx;
         w.dgamma = dgamma;
         w.dbeta = dbeta;
-        if (channelBlock > 0) {
+        if (channelBlock > 0 && !w.givenSums) {
             w.frozen = frozen;
             w.sums = sums;
             workers.run(Math.ceilDiv(channels, channelBlock), w, backwardBlock);
@@ -502,7 +644,7 @@ public final class BatchNormEngine {
             w.dy = dy = g;
             w.mask = null;
         }
-        if (sums) {
+        if (sums && !w.givenSums) {
             gradientSums(w);
         }
         int far = gradientCoefficients(w, 0, channels, !frozen);
@@ -588,7 +730,7 @@ public final class BatchNormEngine {
      */
     private int gradientCoefficients(Scratch w, int c0, int c1, boolean withMean) {
         float[] a = w.scale, b = w.offset, cc = w.b, dg = w.dg, db = w.db;
-        gradientFloats(w.g, w.var, epsilon, m, w.sumDy, w.sumDyXmu, w.varD, w.aD, a, b, cc, dg, db,
+        gradientFloats(w.g, w.var, epsilon, w.count, w.sumDy, w.sumDyXmu, w.varD, w.aD, a, b, cc, dg, db,
                 c0, c1);
         if (w.dgamma != null) {
             MemorySegment.copy(dg, c0, w.dgamma, F32, 4L * c0, c1 - c0);
@@ -664,7 +806,7 @@ public final class BatchNormEngine {
     private int farGradient(int c, Scratch w, boolean withMean) {
         double invstd = invstd(w.var[c], epsilon), a = w.g[c] * invstd;
         if (withMean) {
-            double b = gradientB(a, invstd, w.sumDyXmu[c], m), cc = gradientC(a, w.sumDy[c], m);
+            double b = gradientB(a, invstd, w.sumDyXmu[c], w.count), cc = gradientC(a, w.sumDy[c], w.count);
             if (isFar(w.mu[c]) || lossy(a) || lossy(b) || lossy(cc)) {
                 return far(w, c, w.mu[c], a, b, cc);     // dx = fma(x - 0, 0, fma(dy, 1, 0)) = dy
             }
@@ -781,10 +923,12 @@ public final class BatchNormEngine {
 
     // ---------------------------------------------------------------------------------- helpers
 
-    /** Every channel's shift (see {@link #shiftOf}), into {@code shift}. */
-    private void shifts(MemorySegment x, double[] shift) {
-        for (int c = 0; c < channels; c++) {
-            shift[c] = shiftOf(x, c);
+    /** Every chunk's shifts (see {@link #shiftOf}): shift[k][c] for chunk k and channel c. */
+    private void shifts(MemorySegment x, double[][] shift) {
+        for (int k = 0; k < chunks; k++) {
+            for (int c = 0; c < channels; c++) {
+                shift[k][c] = shiftOf(x, start(k), c);
+            }
         }
     }
 
@@ -795,9 +939,14 @@ public final class BatchNormEngine {
         return d;
     }
 
-    /** The channel's first value: the shift of its shifted sums (see {@link ChannelMoments}). */
-    private float shiftOf(MemorySegment x, int c) {
-        return x.getAtIndex(F32, nchw ? (long) c * spatial : c);
+    /**
+     * The shift of a part's shifted sums (see {@link ChannelMoments}): the channel's first value
+     * in the part that starts at image (NCHW) or row {@code unit}. A value of the part, so that
+     * the part's |mean - shift| is a few of its standard deviations; and the part's own, so that
+     * a part reduced alone ({@link #accumulate}) has the bits it has within a call.
+     */
+    private float shiftOf(MemorySegment x, long unit, int c) {
+        return x.getAtIndex(F32, nchw ? (unit * channels + c) * spatial : unit * channels + c);
     }
 
     /** NCHW: the byte offset of channel c's plane in image {@code img}. */
@@ -850,8 +999,15 @@ public final class BatchNormEngine {
     }
 
     private static final class Scratch extends Scratches.Slot {
-        /** The backward in progress: with frozen statistics; with dgamma or dbeta wanted. */
-        boolean frozen, sums;
+        /**
+         * The backward in progress: with frozen statistics; with dgamma or dbeta wanted; with
+         * the gradient sums given (merged by the caller) rather than computed.
+         */
+        boolean frozen, sums, givenSums;
+        /** The values per channel that backward's sums are over: M, or the given sums' count. */
+        double count;
+        /** One part's moments, before {@link #accumulate} merges them. */
+        final ChannelMoments part;
         final float[] g, b, mu, var, scale, offset;
         /** Backward's dgamma and dbeta, before they are copied out. */
         final float[] dg, db;
@@ -860,7 +1016,9 @@ public final class BatchNormEngine {
         final double[] farMean, farA, farB, farC;
         /** Never written: zeros for the frozen backward's transform; ones and -0 for g = fma(g, 1, -0). */
         final float[] zero, one, negativeZero;
-        final double[] shift, meanD, varD, aD, sumDy, sumDyXmu;
+        final double[] meanD, varD, aD, sumDy, sumDyXmu;
+        /** The shifts of the statistics' chunks: shift[k][c]. */
+        final double[][] shift;
         final double[][] s1, s2;
         /** NCHW: the lanes of the reductions in progress (see {@link BatchNormKernels}). */
         final double[][] lanes;
@@ -900,7 +1058,7 @@ public final class BatchNormEngine {
             farA = new double[channels];
             farB = new double[channels];
             farC = new double[channels];
-            shift = new double[channels];
+            shift = new double[chunks][channels];
             meanD = new double[channels];
             varD = new double[channels];
             aD = new double[channels];
@@ -910,6 +1068,7 @@ public final class BatchNormEngine {
             s2 = new double[chunks][channels];
             lanes = new double[laneArrays][channels * LANE_SLOTS];
             moments = new ChannelMoments(channels);
+            part = new ChannelMoments(channels);
             farValues = new float[channels][];
         }
 
@@ -918,6 +1077,7 @@ public final class BatchNormEngine {
             x = y = dy = dx = mean = variance = dgamma = dbeta = in = out = null;
             residual = mask = dresidual = null;
             relu = false;
+            givenSums = false;
             java.util.Arrays.fill(farValues, null);
         }
 

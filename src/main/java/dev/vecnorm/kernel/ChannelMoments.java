@@ -75,6 +75,72 @@ public final class ChannelMoments {
     }
 
     /**
+     * Merges {@code b} after this one, channel by channel, with Chan's formula and the same
+     * arithmetic as {@link #mergeShiftedSums} (a chunk's mean is {@code shift + s1 / n} and its
+     * M2 {@code max(0, s2 - s1^2 / n)} there): merging the moments of chunks, each made by one
+     * {@code mergeShiftedSums} from empty, in chunk order gives the bits of merging their shifted
+     * sums in that order. Merging into empty moments copies {@code b}; an empty {@code b} changes
+     * nothing.
+     *
+     * @throws IllegalStateException if this one's or b's channels have merged different counts
+     */
+    public void merge(ChannelMoments b) {
+        int channels = mean.length;
+        long before = count(), n = b.count();
+        if (n == 0) {
+            return;
+        }
+        if (before == 0) {
+            System.arraycopy(b.mean, 0, mean, 0, channels);
+            System.arraycopy(b.m2, 0, m2, 0, channels);
+        } else {
+            long total = before + n;
+            double values = n;
+            double w1 = values / total, w2 = (double) before * n / total;
+            for (int c = 0; c < channels; c++) {
+                double delta = b.mean[c] - mean[c];
+                mean[c] += delta * w1;
+                m2[c] += b.m2[c] + delta * delta * w2;
+            }
+        }
+        java.util.Arrays.fill(count, before + n);
+    }
+
+    /** Makes these moments a copy of {@code b}'s. */
+    public void copyFrom(ChannelMoments b) {
+        System.arraycopy(b.mean, 0, mean, 0, mean.length);
+        System.arraycopy(b.m2, 0, m2, 0, m2.length);
+        System.arraycopy(b.count, 0, count, 0, count.length);
+    }
+
+    /** Sets every channel's count, mean and M2 (a deserialised partial). */
+    public void set(long n, double[] means, double[] m2s) {
+        System.arraycopy(means, 0, mean, 0, mean.length);
+        System.arraycopy(m2s, 0, m2, 0, m2.length);
+        java.util.Arrays.fill(count, n);
+    }
+
+    /**
+     * The values merged into every channel.
+     *
+     * @throws IllegalStateException if the channels have merged different counts
+     */
+    public long count() {
+        long n = count.length == 0 ? 0 : count[0];
+        for (long k : count) {
+            if (k != n) {
+                throw new IllegalStateException("channels have merged different counts: " + n + " and " + k);
+            }
+        }
+        return n;
+    }
+
+    /** The number of channels. */
+    public int channels() {
+        return mean.length;
+    }
+
+    /**
      * Channels [c0, c1)'s mean and biased variance, into {@code meanOut} and {@code varianceOut}
      * (the values of {@link #mean} and {@link #variance}, in a loop C2 vectorises).
      */
