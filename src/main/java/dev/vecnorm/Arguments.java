@@ -23,6 +23,8 @@ final class Arguments {
     private final String[] names = new String[CAPACITY];
     private final MemorySegment[] segments = new MemorySegment[CAPACITY];
     private final boolean[] written = new boolean[CAPACITY];
+    /** A strided view's bytes from one unit to the next, a unit's bytes, its units (0: plain). */
+    private final long[] stride = new long[CAPACITY], unit = new long[CAPACITY], units = new long[CAPACITY];
     private int count;
 
     private Arguments() {
@@ -43,6 +45,44 @@ final class Arguments {
     /** A segment that is written; it must be writable. */
     Arguments output(String name, MemorySegment s, long floats, String what, boolean optional) {
         return add(name, s, floats, what, optional, true);
+    }
+
+    /** A tensor that is read, dense or a strided view. */
+    Arguments input(String name, MemorySegment s, View v, String what, boolean optional) {
+        return view(add(name, s, v.floats(), v.describe(what), optional, false), s, v);
+    }
+
+    /** A tensor that is written, dense or a strided view. */
+    Arguments output(String name, MemorySegment s, View v, String what, boolean optional) {
+        return view(add(name, s, v.floats(), v.describe(what), optional, true), s, v);
+    }
+
+    private Arguments view(Arguments a, MemorySegment s, View v) {
+        if (s != null && v.strided()) {
+            stride[count - 1] = v.strideBytes();
+            unit[count - 1] = v.unitBytes();
+            units[count - 1] = v.units();
+        }
+        return a;
+    }
+
+    /**
+     * A tensor's geometry: {@code units} blocks (images for NCHW, rows of C floats for NHWC) of
+     * {@code unitBytes}, {@code strideBytes} apart (equal: dense).
+     */
+    record View(long units, long unitBytes, long strideBytes) {
+        long floats() {
+            return units == 0 ? 0 : ((units - 1) * strideBytes + unitBytes) / Float.BYTES;
+        }
+
+        boolean strided() {
+            return strideBytes != unitBytes;
+        }
+
+        String describe(String what) {
+            return strided() ? what + ": a view of " + units + " blocks of " + unitBytes / 4
+                    + " floats, " + strideBytes / 4 + " floats apart" : what;
+        }
     }
 
     /**
@@ -123,14 +163,41 @@ final class Arguments {
     private void rejectOverlap(int i, int j, boolean inPlace) {
         MemorySegment out = segments[i], other = segments[j];
         long overlap = overlapBytes(out, other);
-        if (overlap == 0 || (inPlace && overlap == out.byteSize() && overlap == other.byteSize())) {
+        if (overlap == 0 || (inPlace && overlap == out.byteSize() && overlap == other.byteSize()
+                && stride[i] == stride[j])) {
             return;
+        }
+        if (stride[i] > 0 && stride[i] == stride[j] && unit[i] == unit[j]
+                && !blocksMeet(other.address() - out.address(), stride[i], unit[i], Math.max(units[i], units[j]))) {
+            return;                                // interleaved views: their blocks are disjoint
+        }
+        if (stride[i] != stride[j]) {
+            throw new IllegalArgumentException(names[i] + ": expected memory disjoint from "
+                    + (written[j] ? "output " : "input ") + names[j] + ", got " + overlap
+                    + " shared bytes between views of different strides (in place only with equal"
+                    + " strides)");
         }
         boolean same = overlap == out.byteSize() && overlap == other.byteSize();
         throw new IllegalArgumentException(names[i] + ": expected memory disjoint from "
                 + (written[j] ? "output " : "input ") + names[j] + ", got " + overlap
                 + " overlapping bytes" + (same
                 ? " (the same segment; only the documented in-place pairs may alias)" : ""));
+    }
+
+    /**
+     * Whether blocks [k S, k S + L) and [d + k' S, d + k' S + L), k and k' in [0, units), meet:
+     * whether |d + k S| < L for some k in (-units, units). |d + k S| is convex in k, so the
+     * integers next to -d / S (clamped to the range) are the only candidates.
+     */
+    private static boolean blocksMeet(long d, long s, long l, long units) {
+        long k0 = Math.floorDiv(-d, s);
+        for (long k = k0; k <= k0 + 1; k++) {
+            long kk = Math.max(-(units - 1), Math.min(units - 1, k));
+            if (Math.abs(d + kk * s) < l) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** Bytes that a and b share: from their addresses when both are native, else the JDK's answer. */
@@ -146,6 +213,9 @@ final class Arguments {
     private void clear() {
         Arrays.fill(names, 0, count, null);
         Arrays.fill(segments, 0, count, null);
+        Arrays.fill(stride, 0, count, 0L);
+        Arrays.fill(unit, 0, count, 0L);
+        Arrays.fill(units, 0, count, 0L);
         count = 0;
     }
 }

@@ -65,6 +65,9 @@ public final class BatchNorm {
     private final boolean relu;
     private final BatchNormEngine engine;
     private final BatchNormEngine serial;
+    /** The geometry of x and dx, and of y, dy and the residual (dense, or strided views). */
+    private final Arguments.View inView, outView;
+    private final long inputStride, outputStride;
 
     private BatchNorm(Builder b) {
         this.shape = b.shape;
@@ -76,9 +79,15 @@ public final class BatchNorm {
         this.relu = activation == Activation.RELU;
         BatchNormKernels kernels = b.kernels != null ? b.kernels : KernelProvider.kernels();
         ExecutorService executor = b.executor != null ? b.executor : ForkJoinPool.commonPool();
-        this.serial = new BatchNormEngine(kernels, shape, epsilon, 1, executor);
+        long units = shape.layout() == Layout.NCHW ? shape.batch() : shape.perChannel();
+        long unitFloats = shape.elements() / units;
+        this.inputStride = b.inputStride == 0 ? unitFloats : b.inputStride;
+        this.outputStride = b.outputStride == 0 ? unitFloats : b.outputStride;
+        this.inView = new Arguments.View(units, 4 * unitFloats, 4 * inputStride);
+        this.outView = new Arguments.View(units, 4 * unitFloats, 4 * outputStride);
+        this.serial = new BatchNormEngine(kernels, shape, epsilon, 1, executor, inputStride, outputStride);
         this.engine = parallelism == 1 ? serial
-                : new BatchNormEngine(kernels, shape, epsilon, parallelism, executor);
+                : new BatchNormEngine(kernels, shape, epsilon, parallelism, executor, inputStride, outputStride);
     }
 
     /**
@@ -123,6 +132,19 @@ public final class BatchNorm {
         return activation;
     }
 
+    /**
+     * Floats from one image (NCHW) or pixel (NHWC, [N, C]) of x and dx to the next: C * H * W
+     * (NCHW) or C (NHWC) when dense, more for a view (see {@link Builder#inputStride}).
+     */
+    public long inputStride() {
+        return inputStride;
+    }
+
+    /** As {@link #inputStride()}, for y, dy, the residual and its gradient. */
+    public long outputStride() {
+        return outputStride;
+    }
+
     /** The kernels this JVM uses, e.g. {@code "vector 512-bit, FMA"} or {@code "scalar"}. */
     public static String kernels() {
         return KernelProvider.kernels().description();
@@ -157,13 +179,12 @@ public final class BatchNorm {
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the input tensor", false)
+                .input("x", x, inView, "the input tensor", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, e, "the output tensor", false)
+                .output("y", y, outView, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
                 .output("variance", variance, c, "one variance per channel", false)
                 .finish("y", "x");
@@ -189,14 +210,13 @@ public final class BatchNorm {
                                 MemorySegment beta, MemorySegment y, MemorySegment mean,
                                 MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the input tensor", false)
-                .input("residual", residual, e, "the tensor added before the activation", false)
+                .input("x", x, inView, "the input tensor", false)
+                .input("residual", residual, outView, "the tensor added before the activation", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, e, "the output tensor", false)
+                .output("y", y, outView, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
                 .output("variance", variance, c, "one variance per channel", false)
                 .finish("y", "x", "y", "residual");
@@ -236,14 +256,13 @@ public final class BatchNorm {
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireStatistics("statistics", statistics == null ? -1 : statistics.channels(),
                 statistics == null ? 0 : statistics.count());
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the input tensor", false)
-                .input("residual", residual, e, "the tensor added before the activation", true)
+                .input("x", x, inView, "the input tensor", false)
+                .input("residual", residual, outView, "the tensor added before the activation", true)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, e, "the output tensor", false)
+                .output("y", y, outView, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
                 .output("variance", variance, c, "one variance per channel", false)
                 .finish("y", "x", "y", "residual");
@@ -273,6 +292,14 @@ public final class BatchNorm {
     /** Values per channel in one unit of {@link #statisticsChunks()}. */
     long valuesPerUnit() {
         return shape.perChannel() / serial.units();
+    }
+
+    Arguments.View inView() {
+        return inView;
+    }
+
+    Arguments.View outView() {
+        return outView;
     }
 
     BatchNormEngine statisticsEngine() {
@@ -313,15 +340,14 @@ public final class BatchNorm {
      */
     public void forwardInference(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                  MemorySegment mean, MemorySegment variance, MemorySegment y) {
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the input tensor", false)
+                .input("x", x, inView, "the input tensor", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
-                .output("y", y, e, "the output tensor", false)
+                .output("y", y, outView, "the output tensor", false)
                 .finish("y", "x");
         engineFor(shareable).forwardInference(x, null, gamma, beta, mean, variance, y, relu);
     }
@@ -341,16 +367,15 @@ public final class BatchNorm {
     public void forwardInference(MemorySegment x, MemorySegment residual, MemorySegment gamma,
                                  MemorySegment beta, MemorySegment mean, MemorySegment variance,
                                  MemorySegment y) {
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the input tensor", false)
-                .input("residual", residual, e, "the tensor added before the activation", false)
+                .input("x", x, inView, "the input tensor", false)
+                .input("residual", residual, outView, "the tensor added before the activation", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
-                .output("y", y, e, "the output tensor", false)
+                .output("y", y, outView, "the output tensor", false)
                 .finish("y", "x", "y", "residual");
         engineFor(shareable).forwardInference(x, residual, gamma, beta, mean, variance, y, relu);
     }
@@ -491,17 +516,16 @@ public final class BatchNorm {
                                            MemorySegment variance, MemorySegment dx,
                                            MemorySegment dresidual, MemorySegment dgamma,
                                            MemorySegment dbeta) {
-        long e = shape.elements();
         int c = shape.channels();
         return Arguments.start()
-                .input("x", x, e, "the forward input tensor", false)
-                .input("dy", dy, e, "the gradient of the output", false)
-                .input("y", y, e, "the forward output, for the ReLU's mask", !relu)
+                .input("x", x, inView, "the forward input tensor", false)
+                .input("dy", dy, outView, "the gradient of the output", false)
+                .input("y", y, outView, "the forward output, for the ReLU's mask", !relu)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
-                .output("dx", dx, e, "the gradient of the input", false)
-                .output("dresidual", dresidual, e, "the gradient of the residual", true)
+                .output("dx", dx, inView, "the gradient of the input", false)
+                .output("dresidual", dresidual, outView, "the gradient of the residual", true)
                 .output("dgamma", dgamma, c, "one gradient per channel", true)
                 .output("dbeta", dbeta, c, "one gradient per channel", true)
                 .finish("dx", "dy", "dresidual", "dy");
@@ -519,15 +543,14 @@ public final class BatchNorm {
                                       MemorySegment mean, MemorySegment variance,
                                       MemorySegment dx, MemorySegment dgamma,
                                       MemorySegment dbeta) {
-        long e = shape.elements();
         int c = shape.channels();
         boolean shareable = Arguments.start()
-                .input("x", x, e, "the forward input tensor", false)
-                .input("dy", dy, e, "the gradient of the output", false)
+                .input("x", x, inView, "the forward input tensor", false)
+                .input("dy", dy, outView, "the gradient of the output", false)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
-                .output("dx", dx, e, "the gradient of the input", false)
+                .output("dx", dx, inView, "the gradient of the input", false)
                 .output("dgamma", dgamma, c, "one gradient per channel", true)
                 .output("dbeta", dbeta, c, "one gradient per channel", true)
                 .finish("dx", "dy");
@@ -625,6 +648,7 @@ public final class BatchNorm {
         private Activation activation = Activation.NONE;
         private ExecutorService executor;
         private BatchNormKernels kernels;
+        private long inputStride, outputStride;        // 0: dense
 
         private Builder(TensorShape shape) {
             this.shape = shape;
@@ -718,6 +742,28 @@ public final class BatchNorm {
             return this;
         }
 
+        /**
+         * Makes x and dx views of a larger buffer, as oneDNN's memory descriptors give strides:
+         * {@code floats} from one image to the next (NCHW: at least C * H * W, e.g. a channel
+         * slice of an Inception or DenseNet concatenation) or from one pixel to the next (NHWC
+         * and [N, C]: at least C, a channel slice of a wider NHWC buffer). A view's segment
+         * starts at its first value and ends after its last: (N - 1) * stride + C * H * W floats
+         * (NCHW), (N * H * W - 1) * stride + C (NHWC). Default: dense. Results are the same
+         * bits as on the same data made dense.
+         *
+         * @throws IllegalArgumentException (by {@link #build()}) if smaller than dense
+         */
+        public Builder inputStride(long floats) {
+            this.inputStride = floats;
+            return this;
+        }
+
+        /** As {@link #inputStride}, for y, dy, the residual and its gradient. */
+        public Builder outputStride(long floats) {
+            this.outputStride = floats;
+            return this;
+        }
+
         /** Tests only: run these kernels instead of the JVM's choice. */
         Builder kernels(BatchNormKernels kernels) {
             this.kernels = kernels;
@@ -731,6 +777,16 @@ public final class BatchNorm {
          *                                  {@link RunningStatistics#CUMULATIVE_AVERAGE}
          */
         public BatchNorm build() {
+            boolean nchw = shape.layout() == Layout.NCHW;
+            long dense = nchw ? shape.elements() / shape.batch() : shape.channels();
+            String unit = nchw ? "C * H * W = " + dense + " floats (a dense image)"
+                    : "C = " + dense + " floats (a dense pixel)";
+            if (inputStride != 0 && inputStride < dense) {
+                throw new IllegalArgumentException("inputStride: expected at least " + unit + ", got " + inputStride);
+            }
+            if (outputStride != 0 && outputStride < dense) {
+                throw new IllegalArgumentException("outputStride: expected at least " + unit + ", got " + outputStride);
+            }
             if (runningStatistics == RunningStatistics.CUMULATIVE_AVERAGE && !Float.isNaN(momentum)) {
                 throw new IllegalArgumentException("momentum: expected none with CUMULATIVE_AVERAGE"
                         + " (PyTorch's momentum=None), got " + momentum);

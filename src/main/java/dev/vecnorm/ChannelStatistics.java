@@ -118,7 +118,7 @@ public final class ChannelStatistics {
         Objects.requireNonNull(norm, "norm: expected a BatchNorm, got null");
         requireChannels(norm);
         norm.checkRange(from, to);
-        Arguments.start().input("x", x, norm.shape().elements(), "the input tensor", false)
+        Arguments.start().input("x", x, norm.inView(), "the input tensor", false)
                 .finish(null, null);
         norm.statisticsEngine().accumulate(x, from, to, moments);
         return this;

@@ -101,10 +101,9 @@ public final class GradientStatistics {
                     + " channels, got " + norm.shape().channels());
         }
         norm.checkRange(from, to);
-        long e = norm.shape().elements();
         Arguments.start()
-                .input("x", x, e, "the forward input tensor", false)
-                .input("dy", dy, e, "the gradient of the output", false)
+                .input("x", x, norm.inView(), "the forward input tensor", false)
+                .input("dy", dy, norm.outView(), "the gradient of the output", false)
                 .input("mean", mean, channels(), "the forward mean per channel", false)
                 .finish(null, null);
         norm.statisticsEngine().accumulateGradient(x, dy, mean, from, to, sumDy, sumDyXmu);

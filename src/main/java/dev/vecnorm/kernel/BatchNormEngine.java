@@ -73,10 +73,28 @@ public final class BatchNormEngine {
      * time.
      */
     private final int channelBlock;
+    /**
+     * Bytes from one unit (image for NCHW, row otherwise) to the next: {@code inUnit} in x and
+     * dx, {@code outUnit} in y, dy, the residual and its gradient; {@code denseUnit} is a dense
+     * tensor's. Views (a channel slice of a wider buffer) have more; dense stays the fast path,
+     * where the NCHW transforms stream planes across images.
+     */
+    private final long inUnit, outUnit, denseUnit;
+    private final boolean dense;
 
     public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
                            int parallelism, ExecutorService executor) {
-        this(kernels, shape, epsilon, parallelism, executor, null);
+        this(kernels, shape, epsilon, parallelism, executor, null, 0, 0);
+    }
+
+    /**
+     * An engine for views: {@code inStride} and {@code outStride} floats between consecutive
+     * images (NCHW) or rows (NHWC, [N, C]) of x and dx, and of y and dy (0: dense).
+     */
+    public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
+                           int parallelism, ExecutorService executor, long inStride,
+                           long outStride) {
+        this(kernels, shape, epsilon, parallelism, executor, null, inStride, outStride);
     }
 
     /**
@@ -85,6 +103,12 @@ public final class BatchNormEngine {
      */
     BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon, int parallelism,
                     ExecutorService executor, Integer blockOverride) {
+        this(kernels, shape, epsilon, parallelism, executor, blockOverride, 0, 0);
+    }
+
+    private BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
+                            int parallelism, ExecutorService executor, Integer blockOverride,
+                            long inStride, long outStride) {
         if ((long) shape.batch() * shape.channels() > Integer.MAX_VALUE / 2) {
             // Planes and per-plane partial sums are counted and indexed with ints.
             throw new IllegalArgumentException("shape: expected batch * channels <= "
@@ -100,6 +124,10 @@ public final class BatchNormEngine {
         this.epsilon = epsilon;
         this.workers = new Workers(shape.elements() < PARALLEL_MIN_ELEMENTS ? 1 : parallelism, executor);
         this.units = nchw ? n : m;
+        this.denseUnit = 4L * channels * (nchw ? spatial : 1);
+        this.inUnit = inStride == 0 ? denseUnit : 4 * inStride;
+        this.outUnit = outStride == 0 ? denseUnit : 4 * outStride;
+        this.dense = inUnit == denseUnit && outUnit == denseUnit;
         long wanted = Math.ceilDiv(shape.elements(), CHUNK_ELEMENTS);
         this.chunks = (int) Math.max(1, Math.min(Math.min(wanted, MAX_CHUNKS), units));
         int block = 0;
@@ -180,7 +208,7 @@ public final class BatchNormEngine {
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
-                kernels.channelMoments(w.x, planeOffset(img, c), 0, 1, spatial, w.shift[k][c], lanes,
+                kernels.channelMoments(w.x, plane(img, c, inUnit), 0, 1, spatial, w.shift[k][c], lanes,
                         null, null, c);
             }
         }
@@ -192,7 +220,8 @@ public final class BatchNormEngine {
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
-                kernels.channelGradientSums(w.x, w.dy, planeOffset(img, c), 0, 1, spatial,
+                kernels.channelGradientSums(w.x, w.dy, plane(img, c, inUnit), 0,
+                        plane(img, c, w.dyUnit), 0, 1, spatial,
                         w.meanD[c], lanes, null, null, c);
             }
         }
@@ -214,27 +243,42 @@ public final class BatchNormEngine {
 
     /** Statistics of chunk k: rows [start(k), start(k + 1)). */
     private void rowMoments(Scratch w, int k) {
-        kernels.rowMoments(w.x, channels, start(k), start(k + 1), 0, channels, w.shift[k], w.s1[k],
+        kernels.rowMoments(w.x, channels, inUnit, start(k), start(k + 1), 0, channels, w.shift[k], w.s1[k],
                 w.s2[k]);
     }
 
     /** Transform task t of {@link #planeTasks()}. */
     private void planeNormalize(Scratch w, int t) {
-        int tasks = planeTasks();
-        kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial,
-                planeBoundary(t, tasks), planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset);
+        int tasks = planeTasks(), p0 = planeBoundary(t, tasks), p1 = planeBoundary(t + 1, tasks);
+        if (dense) {
+            kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial, p0, p1,
+                    w.tMu, w.tScale, w.tOffset);
+            return;
+        }
+        // A view: image by image, each shifted to where the view holds it.
+        for (int p = p0; p < p1; ) {
+            int img = p / channels, q = Math.min(p1, (img + 1) * channels);
+            kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial,
+                    shift(img, w.tInUnit), shift(img, w.tOutUnit), p, q, w.tMu, w.tScale, w.tOffset);
+            p = q;
+        }
+    }
+
+    /** Bytes from a dense tensor's image {@code img} to a view's of {@code unit} bytes per image. */
+    private long shift(long img, long unit) {
+        return img * (unit - denseUnit);
     }
 
     /** Transform task t of {@link #rowTasks()}. */
     private void rowNormalize(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowNormalize(w.in, w.residual, w.out, w.relu, channels, m * t / tasks,
-                m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset);
+        kernels.rowNormalize(w.in, w.residual, w.out, w.relu, channels, w.tInUnit, w.tOutUnit,
+                m * t / tasks, m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset);
     }
 
     private void rowGradientSums(Scratch w, int k) {
-        kernels.rowGradientSums(w.x, w.dy, channels, start(k), start(k + 1), 0, channels, w.meanD,
-                w.s1[k], w.s2[k]);
+        kernels.rowGradientSums(w.x, w.dy, channels, inUnit, w.dyUnit, start(k), start(k + 1), 0,
+                channels, w.meanD, w.s1[k], w.s2[k]);
     }
 
     /**
@@ -242,15 +286,25 @@ public final class BatchNormEngine {
      * scratch, g the masked dy; x is tIn (null: the frozen form, dx = fma(g, a, c)).
      */
     private void planeGradientInput(Scratch w, int t) {
-        int tasks = planeTasks();
-        kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
-                planeBoundary(t, tasks), planeBoundary(t + 1, tasks), w.tMu, w.tScale, w.tOffset, w.tC);
+        int tasks = planeTasks(), p0 = planeBoundary(t, tasks), p1 = planeBoundary(t + 1, tasks);
+        if (dense) {
+            kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
+                    p0, p1, w.tMu, w.tScale, w.tOffset, w.tC);
+            return;
+        }
+        for (int p = p0; p < p1; ) {
+            int img = p / channels, q = Math.min(p1, (img + 1) * channels);
+            kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
+                    shift(img, w.gxUnit), shift(img, w.gyUnit), p, q, w.tMu, w.tScale, w.tOffset, w.tC);
+            p = q;
+        }
     }
 
     private void rowGradientInput(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, m * t / tasks,
-                m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset, w.tC);
+        kernels.rowGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, w.gxUnit,
+                w.gyUnit, m * t / tasks, m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale,
+                w.tOffset, w.tC);
     }
 
     /** NCHW channel block {@code blk}: its statistics, then its transform (see {@link #channelBlock}). */
@@ -259,7 +313,7 @@ public final class BatchNormEngine {
         for (int k = 0; k < chunks; k++) {
             int images = (int) (start(k + 1) - start(k));
             for (int c = c0; c < c1; c++) {
-                kernels.channelMoments(w.x, planeOffset(start(k), c), imageBytes(), images, spatial,
+                kernels.channelMoments(w.x, plane(start(k), c, inUnit), inUnit, images, spatial,
                         w.shift[k][c], null, w.s1[k], w.s2[k], c);
             }
             w.moments.mergeShiftedSums(c0, c1, images * spatial, w.shift[k], w.s1[k], w.s2[k]);
@@ -275,12 +329,13 @@ public final class BatchNormEngine {
         }
         for (int img = 0; img < n; img++) {
             kernels.planesNormalize(w.x, w.residual, w.y, w.relu, channels, spatial,
-                    img * channels + c0, img * channels + c1, w.mu, w.scale, w.offset);
+                    shift(img, inUnit), shift(img, outUnit), img * channels + c0,
+                    img * channels + c1, w.mu, w.scale, w.offset);
         }
         if (fused) {
             writeFar(w, w.y, c0, c1);
         } else if (far > 0) {
-            finishFar(w, null, w.y, c0, c1);
+            finishFar(w, null, w.y, outUnit, c0, c1);
         }
     }
 
@@ -403,11 +458,11 @@ public final class BatchNormEngine {
                 }
                 if (nchw) {
                     for (int c = 0; c < channels; c++) {
-                        kernels.channelMoments(x, planeOffset(a, c), imageBytes(), (int) (b - a),
+                        kernels.channelMoments(x, plane(a, c, inUnit), inUnit, (int) (b - a),
                                 spatial, shift[c], null, s1, s2, c);
                     }
                 } else {
-                    kernels.rowMoments(x, channels, a, b, 0, channels, shift, s1, s2);
+                    kernels.rowMoments(x, channels, inUnit, a, b, 0, channels, shift, s1, s2);
                 }
                 w.part.reset();
                 w.part.mergeShiftedSums(0, channels, (b - a) * (nchw ? spatial : 1), shift, s1, s2);
@@ -436,11 +491,13 @@ public final class BatchNormEngine {
                 }
                 if (nchw) {
                     for (int c = 0; c < channels; c++) {
-                        kernels.channelGradientSums(x, dy, planeOffset(a, c), imageBytes(),
-                                (int) (b - a), spatial, meanD[c], null, s1, s2, c);
+                        kernels.channelGradientSums(x, dy, plane(a, c, inUnit), inUnit,
+                                plane(a, c, outUnit), outUnit, (int) (b - a), spatial, meanD[c],
+                                null, s1, s2, c);
                     }
                 } else {
-                    kernels.rowGradientSums(x, dy, channels, a, b, 0, channels, meanD, s1, s2);
+                    kernels.rowGradientSums(x, dy, channels, inUnit, outUnit, a, b, 0, channels,
+                            meanD, s1, s2);
                 }
                 for (int c = 0; c < channels; c++) {
                     sumDy[c] += s1[c];
@@ -555,19 +612,24 @@ public final class BatchNormEngine {
         if (fused) {
             computeFar(w, x, 0, channels);
         }
-        transform(w, x, y, mu, scale, offset);
+        transform(w, x, inUnit, y, outUnit, mu, scale, offset);
         if (fused) {
             writeFar(w, y, 0, channels);
         } else if (far > 0) {
-            finishFar(w, null, y, 0, channels);
+            finishFar(w, null, y, outUnit, 0, channels);
         }
     }
 
-    /** y = fma(x - mu[c], scale[c], offset[c]) over the whole tensor, split for the workers. */
-    private void transform(Scratch w, MemorySegment x, MemorySegment y, float[] mu, float[] scale,
-                           float[] offset) {
+    /**
+     * y = fma(x - mu[c], scale[c], offset[c]) over the whole tensor, split for the workers; x and
+     * y {@code xUnit} and {@code yUnit} bytes per image (NCHW) or row.
+     */
+    private void transform(Scratch w, MemorySegment x, long xUnit, MemorySegment y, long yUnit,
+                           float[] mu, float[] scale, float[] offset) {
         w.in = x;
         w.out = y;
+        w.tInUnit = xUnit;
+        w.tOutUnit = yUnit;
         w.tMu = mu;
         w.tScale = scale;
         w.tOffset = offset;
@@ -626,6 +688,9 @@ public final class BatchNormEngine {
         w.dx = dx;
         w.dgamma = dgamma;
         w.dbeta = dbeta;
+        w.dyUnit = outUnit;
+        w.gxUnit = inUnit;
+        w.gyUnit = outUnit;
         if (channelBlock > 0 && !w.givenSums) {
             w.frozen = frozen;
             w.sums = sums;
@@ -636,12 +701,17 @@ public final class BatchNormEngine {
             // Fused ReLU: g = (y <= 0 ? +0 : dy) written once where dresidual = g goes (else into
             // dx), then the plain passes over g; see maskedGradient.
             MemorySegment g = w.dresidual != null ? w.dresidual : dx;
+            long gUnit = w.dresidual != null ? outUnit : inUnit;
             gradientInputParameters(w, null, w.zero, w.one, w.zero, w.negativeZero);
             w.dx = g;
+            w.gxUnit = gUnit;
             w.dresidual = null;
             workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
             w.dx = dx;
             w.dy = dy = g;
+            w.dyUnit = gUnit;
+            w.gxUnit = inUnit;
+            w.gyUnit = gUnit;
             w.mask = null;
         }
         if (sums && !w.givenSums) {
@@ -649,14 +719,14 @@ public final class BatchNormEngine {
         }
         int far = gradientCoefficients(w, 0, channels, !frozen);
         if (frozen && w.mask == null && w.dresidual == null) {
-            transform(w, dy, dx, w.zero, w.scale, w.zero);  // dx = fma(dy - 0, a, 0) = round(a dy)
+            transform(w, dy, w.dyUnit, dx, inUnit, w.zero, w.scale, w.zero);  // dx = fma(dy - 0, a, 0) = round(a dy)
         } else {
             // Frozen and fused: dx = fma(g, a, 0) without x, the same bits as above where g = dy.
             gradientInputParameters(w, frozen ? null : x, w.mu, w.scale, w.offset, frozen ? w.zero : w.b);
             workers.run(nchw ? planeTasks() : rowTasks(), w, nchw ? planeGradientInput : rowGradientInput);
         }
         if (far > 0) {
-            finishFar(w, frozen ? null : x, dx, 0, channels);
+            finishFar(w, frozen ? null : x, dx, inUnit, 0, channels);
         }
     }
 
@@ -678,8 +748,10 @@ public final class BatchNormEngine {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
         double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
         MemorySegment dy = w.dy, mask = w.mask, dresidual = w.dresidual;
+        long dyUnit = outUnit;
         if (w.sums && mask != null) {
             dy = maskedGradient(w, c0, c1);
+            dyUnit = dresidual != null ? outUnit : inUnit;
             mask = null;
             dresidual = null;
         }
@@ -687,8 +759,9 @@ public final class BatchNormEngine {
             int images = (int) (start(k + 1) - start(k));
             double[] s1 = w.s1[k], s2 = w.s2[k];
             for (int c = c0; c < c1; c++) {
-                kernels.channelGradientSums(w.x, dy, planeOffset(start(k), c), imageBytes(),
-                        images, spatial, w.meanD[c], null, s1, s2, c);
+                kernels.channelGradientSums(w.x, dy, plane(start(k), c, inUnit), inUnit,
+                        plane(start(k), c, dyUnit), dyUnit, images, spatial, w.meanD[c], null, s1,
+                        s2, c);
                 sumDy[c] += s1[c];
                 sumDyXmu[c] += s2[c];
             }
@@ -698,10 +771,11 @@ public final class BatchNormEngine {
         for (int img = 0; img < n; img++) {
             int p0 = img * channels + c0, p1 = img * channels + c1;
             kernels.planesGradientInput(withMean ? w.x : null, dy, mask, w.dx, dresidual,
-                    channels, spatial, p0, p1, w.mu, w.scale, w.offset, withMean ? w.b : w.zero);
+                    channels, spatial, shift(img, inUnit), shift(img, dyUnit), p0, p1, w.mu,
+                    w.scale, w.offset, withMean ? w.b : w.zero);
         }
         if (far > 0) {
-            finishFar(w, withMean ? w.x : null, w.dx, c0, c1);
+            finishFar(w, withMean ? w.x : null, w.dx, inUnit, c0, c1);
         }
     }
 
@@ -714,9 +788,11 @@ public final class BatchNormEngine {
      */
     private MemorySegment maskedGradient(Scratch w, int c0, int c1) {
         MemorySegment g = w.dresidual != null ? w.dresidual : w.dx;
+        long gUnit = w.dresidual != null ? outUnit : inUnit;
         for (int img = 0; img < n; img++) {
             kernels.planesGradientInput(null, w.dy, w.mask, g, null, channels, spatial,
-                    img * channels + c0, img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
+                    shift(img, gUnit), shift(img, outUnit), img * channels + c0,
+                    img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
         }
         return g;
     }
@@ -853,18 +929,19 @@ public final class BatchNormEngine {
      * the thread that ran the pass, so the bits do not depend on the kernels or the parallelism.
      * With {@code x} null, y = fma(x - mean, a, b); else dx = fma(x - mean, b, fma(dy, a, cc)).
      */
-    private void finishFar(Scratch w, MemorySegment x, MemorySegment out, int c0, int c1) {
+    private void finishFar(Scratch w, MemorySegment x, MemorySegment out, long outUnit, int c0,
+                           int c1) {
         for (int c = c0; c < c1; c++) {
             if (!w.far[c]) {
                 continue;
             }
             double mean = w.farMean[c], a = w.farA[c], b = w.farB[c], cc = w.farC[c];
             for (long j = 0; j < m; j++) {
-                long i = elementIndex(c, j);
-                double v = out.getAtIndex(F32, i);
+                long o = elementOffset(c, j, outUnit);
+                double v = out.get(F32, o);
                 double r = x == null ? Math.fma(v - mean, a, b)
-                        : Math.fma(x.getAtIndex(F32, i) - mean, b, Math.fma(v, a, cc));
-                out.setAtIndex(F32, i, (float) r);
+                        : Math.fma(x.get(F32, elementOffset(c, j, inUnit)) - mean, b, Math.fma(v, a, cc));
+                out.set(F32, o, (float) r);
             }
         }
     }
@@ -882,9 +959,8 @@ public final class BatchNormEngine {
             float[] v = w.farValues[c] = new float[Math.toIntExact(m)];
             double mean = w.farMean[c], a = w.farA[c], b = w.farB[c];
             for (long j = 0; j < m; j++) {
-                long i = elementIndex(c, j);
-                float t = (float) Math.fma(x.getAtIndex(F32, i) - mean, a, b);
-                v[(int) j] = ScalarKernels.activate(t, w.residual, 4 * i, w.relu);
+                float t = (float) Math.fma(x.get(F32, elementOffset(c, j, inUnit)) - mean, a, b);
+                v[(int) j] = ScalarKernels.activate(t, w.residual, elementOffset(c, j, outUnit), w.relu);
             }
         }
     }
@@ -897,15 +973,15 @@ public final class BatchNormEngine {
                 continue;
             }
             for (long j = 0; j < m; j++) {
-                y.setAtIndex(F32, elementIndex(c, j), v[(int) j]);
+                y.set(F32, elementOffset(c, j, outUnit), v[(int) j]);
             }
             w.farValues[c] = null;
         }
     }
 
     /** The float index of channel c's j-th value (image-major, then spatial). */
-    private long elementIndex(int c, long j) {
-        return nchw ? ((j / spatial) * channels + c) * spatial + j % spatial : j * channels + c;
+    private long elementOffset(int c, long j, long unit) {
+        return nchw ? (j / spatial) * unit + 4 * (c * spatial + j % spatial) : j * unit + 4L * c;
     }
 
     /** The gradient sums of every channel: chunks as in {@link #statistics}, added in chunk order. */
@@ -946,17 +1022,12 @@ public final class BatchNormEngine {
      * a part reduced alone ({@link #accumulate}) has the bits it has within a call.
      */
     private float shiftOf(MemorySegment x, long unit, int c) {
-        return x.getAtIndex(F32, nchw ? (unit * channels + c) * spatial : unit * channels + c);
+        return x.get(F32, nchw ? plane(unit, c, inUnit) : unit * inUnit + 4L * c);
     }
 
-    /** NCHW: the byte offset of channel c's plane in image {@code img}. */
-    private long planeOffset(long img, int c) {
-        return 4 * (img * channels + c) * spatial;
-    }
-
-    /** NCHW: the bytes from one image to the next. */
-    private long imageBytes() {
-        return 4L * channels * spatial;
+    /** NCHW: the byte offset of channel c's plane in image {@code img}, images {@code unit} bytes apart. */
+    private long plane(long img, int c, long unit) {
+        return img * unit + 4L * c * spatial;
     }
 
     /** The first image (NCHW) or row (NHWC) of chunk k; k = chunks gives the end. */
@@ -1006,6 +1077,12 @@ public final class BatchNormEngine {
         boolean frozen, sums, givenSums;
         /** The values per channel that backward's sums are over: M, or the given sums' count. */
         double count;
+        /**
+         * Bytes per unit (image or row) of the tensors in progress: the transform's input and
+         * output; dy (after a fused ReLU's mask, the gradient g); the dx pass's x-side (x, dx)
+         * and dy-side (dy, y, dresidual) tensors.
+         */
+        long tInUnit, tOutUnit, dyUnit, gxUnit, gyUnit;
         /** One part's moments, before {@link #accumulate} merges them. */
         final ChannelMoments part;
         final float[] g, b, mu, var, scale, offset;

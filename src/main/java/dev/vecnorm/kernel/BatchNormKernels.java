@@ -64,11 +64,21 @@ public interface BatchNormKernels {
     /**
      * {@code y = act(fma(x - mean[c], scale[c], offset[c]) + residual)} over planes [p0, p1):
      * without a residual (null) no add, act the identity or, with {@code relu},
-     * {@code v <= 0 ? +0 : v}. {@code y} may be {@code x} or {@code residual}.
+     * {@code v <= 0 ? +0 : v}. {@code y} may be {@code x} or {@code residual}. Plane p's floats
+     * are at byte {@code 4 p spatial + xShift} of x and {@code 4 p spatial + yShift} of y and the
+     * residual (a view's image in place of the dense one: nonzero shifts only for planes of one
+     * image; in place only with equal shifts).
      */
     void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                         int channels, long spatial, int p0, int p1, float[] mean,
-                         float[] scale, float[] offset);
+                         int channels, long spatial, long xShift, long yShift, int p0, int p1,
+                         float[] mean, float[] scale, float[] offset);
+
+    /** {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, long, long, int, int, float[], float[], float[])} of dense tensors. */
+    default void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                                 int channels, long spatial, int p0, int p1, float[] mean,
+                                 float[] scale, float[] offset) {
+        planesNormalize(x, residual, y, relu, channels, spatial, 0, 0, p0, p1, mean, scale, offset);
+    }
 
     /** {@code y = fma(x - mean[c], scale[c], offset[c])} over planes [p0, p1). */
     default void planesNormalize(MemorySegment x, MemorySegment y, int channels, long spatial,
@@ -78,21 +88,41 @@ public interface BatchNormKernels {
 
     /**
      * The gradient sums' counterpart of {@link #channelMoments}: {@code dy} to the first lanes
-     * and tail ({@code sumDy[c]}), {@code (x - mean) * dy} to the second ({@code sumDyXmu[c]}).
+     * and tail ({@code sumDy[c]}), {@code (x - mean) * dy} to the second ({@code sumDyXmu[c]});
+     * x's planes at {@code base + i * stride}, dy's at {@code dyBase + i * dyStride}.
      */
     void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                             int planes, long spatial, double mean, double[] lanes, double[] sumDy,
-                             double[] sumDyXmu, int c);
+                             long dyBase, long dyStride, int planes, long spatial, double mean,
+                             double[] lanes, double[] sumDy, double[] sumDyXmu, int c);
+
+    /** {@link #channelGradientSums(MemorySegment, MemorySegment, long, long, long, long, int, long, double, double[], double[], double[], int)} with dy laid out as x. */
+    default void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
+                                     int planes, long spatial, double mean, double[] lanes,
+                                     double[] sumDy, double[] sumDyXmu, int c) {
+        channelGradientSums(x, dy, base, stride, base, stride, planes, spatial, mean, lanes, sumDy,
+                sumDyXmu, c);
+    }
 
     /**
      * {@code dx = fma(x - mean[c], b[c], fma(g, a[c], c[c]))} over planes [p0, p1), with
      * {@code g = y <= 0 ? +0 : dy} where the mask {@code y} is given, else {@code g = dy};
      * {@code dresidual = g} where given. Without {@code x} (null: the frozen form)
-     * {@code dx = fma(g, a[c], c[c])}. {@code dx} and {@code dresidual} may be {@code dy}.
+     * {@code dx = fma(g, a[c], c[c])}. {@code dx} and {@code dresidual} may be {@code dy}. As in
+     * {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, long, long, int, int, float[], float[], float[])},
+     * x and dx are shifted by {@code xShift}, dy, y and dresidual by {@code yShift}.
      */
     void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
-                             MemorySegment dresidual, int channels, long spatial, int p0, int p1,
-                             float[] mean, float[] a, float[] b, float[] c);
+                             MemorySegment dresidual, int channels, long spatial, long xShift,
+                             long yShift, int p0, int p1, float[] mean, float[] a, float[] b,
+                             float[] c);
+
+    /** The dense form of the shifted {@code planesGradientInput}. */
+    default void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                     MemorySegment dx, MemorySegment dresidual, int channels,
+                                     long spatial, int p0, int p1, float[] mean, float[] a,
+                                     float[] b, float[] c) {
+        planesGradientInput(x, dy, y, dx, dresidual, channels, spatial, 0, 0, p0, p1, mean, a, b, c);
+    }
 
     /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over planes [p0, p1). */
     default void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx,
@@ -101,20 +131,39 @@ public interface BatchNormKernels {
         planesGradientInput(x, dy, null, dx, null, channels, spatial, p0, p1, mean, a, b, c);
     }
 
-    // ---- NHWC: rows [row0, row1) of 'channels' floats, channels [c0, c1) ----
+    // ---- NHWC: rows [row0, row1) of 'channels' floats, channels [c0, c1); the strided forms
+    //      take the bytes from one row to the next per tensor (a view; dense: 4 * channels) ----
 
     /**
      * Per-channel shifted sums over rows [row0, row1), each channel adding its rows in order:
      * {@code s1[c] = sum(x - shift[c])}, {@code s2[c] = sum((x - shift[c])^2)}; overwrites
-     * entries c0..c1-1.
+     * entries c0..c1-1. Row r is at byte {@code r * xRow}.
      */
-    void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
+    void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0, int c1,
                     double[] shift, double[] s1, double[] s2);
 
-    /** As {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, int, int, float[], float[], float[])}, over rows [row0, row1), channels [c0, c1). */
+    /** {@link #rowMoments(MemorySegment, int, long, long, long, int, int, double[], double[], double[])} of dense rows. */
+    default void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
+                            double[] shift, double[] s1, double[] s2) {
+        rowMoments(x, channels, 4L * channels, row0, row1, c0, c1, shift, s1, s2);
+    }
+
+    /**
+     * As {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, int, int, float[], float[], float[])},
+     * over rows [row0, row1), channels [c0, c1): x's rows {@code inRow} bytes apart, y's and the
+     * residual's {@code outRow}.
+     */
     void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                      int channels, long row0, long row1, int c0, int c1, float[] mean,
-                      float[] scale, float[] offset);
+                      int channels, long inRow, long outRow, long row0, long row1, int c0, int c1,
+                      float[] mean, float[] scale, float[] offset);
+
+    /** The dense form of the strided {@code rowNormalize}. */
+    default void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                              int channels, long row0, long row1, int c0, int c1, float[] mean,
+                              float[] scale, float[] offset) {
+        rowNormalize(x, residual, y, relu, channels, 4L * channels, 4L * channels, row0, row1, c0,
+                c1, mean, scale, offset);
+    }
 
     /** {@code y = fma(x - mean[c], scale[c], offset[c])} over rows [row0, row1), channels [c0, c1). */
     default void rowNormalize(MemorySegment x, MemorySegment y, int channels, long row0, long row1,
@@ -126,13 +175,34 @@ public interface BatchNormKernels {
      * Per-channel gradient sums over rows [row0, row1): {@code sumDy[c] = sum(dy)},
      * {@code sumDyXmu[c] = sum((x - mean[c]) * dy)}; overwrites entries c0..c1-1.
      */
-    void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0, long row1,
-                         int c0, int c1, double[] mean, double[] sumDy, double[] sumDyXmu);
+    void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow, long dyRow,
+                         long row0, long row1, int c0, int c1, double[] mean, double[] sumDy,
+                         double[] sumDyXmu);
 
-    /** As {@link #planesGradientInput(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, int, long, int, int, float[], float[], float[], float[])}, over rows [row0, row1), channels [c0, c1). */
+    /** The dense form of the strided {@code rowGradientSums}. */
+    default void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0, long row1,
+                                 int c0, int c1, double[] mean, double[] sumDy, double[] sumDyXmu) {
+        rowGradientSums(x, dy, channels, 4L * channels, 4L * channels, row0, row1, c0, c1, mean,
+                sumDy, sumDyXmu);
+    }
+
+    /**
+     * As {@link #planesGradientInput(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, int, long, int, int, float[], float[], float[], float[])},
+     * over rows [row0, row1), channels [c0, c1): x's and dx's rows {@code inRow} bytes apart,
+     * dy's, y's and dresidual's {@code outRow}.
+     */
     void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
-                          MemorySegment dresidual, int channels, long row0, long row1, int c0,
-                          int c1, float[] mean, float[] a, float[] b, float[] c);
+                          MemorySegment dresidual, int channels, long inRow, long outRow,
+                          long row0, long row1, int c0, int c1, float[] mean, float[] a,
+                          float[] b, float[] c);
+
+    /** The dense form of the strided {@code rowGradientInput}. */
+    default void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                                  MemorySegment dresidual, int channels, long row0, long row1,
+                                  int c0, int c1, float[] mean, float[] a, float[] b, float[] c) {
+        rowGradientInput(x, dy, y, dx, dresidual, channels, 4L * channels, 4L * channels, row0,
+                row1, c0, c1, mean, a, b, c);
+    }
 
     /** {@code dx = fma(x - mean[c], b[c], fma(dy, a[c], c[c]))} over rows [row0, row1). */
     default void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment dx, int channels,

@@ -55,11 +55,11 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     private static void planeNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                       boolean relu, long base, long spatial, float mean,
-                                       float scale, float offset) {
+                                       boolean relu, long base, long xShift, long yShift,
+                                       long spatial, float mean, float scale, float offset) {
         for (long s = 0; s < spatial; s++) {
-            long at = base + 4 * s;
-            y.set(F32, at, activate(Math.fma(x.get(F32, at) - mean, scale, offset), residual, at, relu));
+            long at = base + 4 * s, out = at + yShift;
+            y.set(F32, out, activate(Math.fma(x.get(F32, at + xShift) - mean, scale, offset), residual, out, relu));
         }
     }
 
@@ -82,23 +82,30 @@ public final class ScalarKernels implements BatchNormKernels {
     static void gradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
                               MemorySegment dresidual, long at, float mean, float a, float b,
                               float c) {
-        float g = dy.get(F32, at);
-        if (y != null && y.get(F32, at) <= 0f) {
+        gradientInput(x, dy, y, dx, dresidual, at, at, mean, a, b, c);
+    }
+
+    /** {@link #gradientInput} with x and dx at byte offset {@code xAt}, dy, y and dresidual at {@code yAt}. */
+    static void gradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                              MemorySegment dresidual, long xAt, long yAt, float mean, float a,
+                              float b, float c) {
+        float g = dy.get(F32, yAt);
+        if (y != null && y.get(F32, yAt) <= 0f) {
             g = 0f;
         }
         if (dresidual != null) {
-            dresidual.set(F32, at, g);
+            dresidual.set(F32, yAt, g);
         }
         float inner = Math.fma(g, a, c);
-        dx.set(F32, at, x == null ? inner : Math.fma(x.get(F32, at) - mean, b, inner));
+        dx.set(F32, xAt, x == null ? inner : Math.fma(x.get(F32, xAt) - mean, b, inner));
     }
 
     @Override
     public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, int p0, int p1,
-                                float[] mean, float[] scale, float[] offset) {
+                                boolean relu, int channels, long spatial, long xShift, long yShift,
+                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
         for (int p = p0, c = p0 % channels; p < p1; p++) {
-            planeNormalize(x, residual, y, relu, 4L * p * spatial, spatial, mean[c], scale[c], offset[c]);
+            planeNormalize(x, residual, y, relu, 4L * p * spatial, xShift, yShift, spatial, mean[c], scale[c], offset[c]);
             if (++c == channels) {
                 c = 0;
             }
@@ -107,8 +114,9 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    int planes, long spatial, double mean, double[] lanes,
-                                    double[] sumDy, double[] sumDyXmu, int c) {
+                                    long dyBase, long dyStride, int planes, long spatial,
+                                    double mean, double[] lanes, double[] sumDy,
+                                    double[] sumDyXmu, int c) {
         boolean finish = lanes == null;
         int at = finish ? 0 : c * LANE_SLOTS;
         if (finish) {
@@ -117,19 +125,17 @@ public final class ScalarKernels implements BatchNormKernels {
         }
         long body = spatial - spatial % TAIL_GRANULE;
         int tail = at + 2 * LANES;
-        for (int p = 0; p < planes; p++, base += stride) {
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride) {
             for (long s = 0; s < body; s++) {
-                long o = base + 4 * s;
-                double g = dy.get(F32, o);
-                double d = (double) x.get(F32, o) - mean;
+                double g = dy.get(F32, dyBase + 4 * s);
+                double d = (double) x.get(F32, base + 4 * s) - mean;
                 int lane = at + (int) (s % LANES);
                 lanes[lane] += g;
                 lanes[LANES + lane] = Math.fma(d, g, lanes[LANES + lane]);
             }
             for (long s = body; s < spatial; s++) {
-                long o = base + 4 * s;
-                double g = dy.get(F32, o);
-                double d = (double) x.get(F32, o) - mean;
+                double g = dy.get(F32, dyBase + 4 * s);
+                double d = (double) x.get(F32, base + 4 * s) - mean;
                 lanes[tail] += g;
                 lanes[tail + 1] = Math.fma(d, g, lanes[tail + 1]);
             }
@@ -143,11 +149,11 @@ public final class ScalarKernels implements BatchNormKernels {
     @Override
     public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
                                     MemorySegment dx, MemorySegment dresidual, int channels,
-                                    long spatial, int p0, int p1, float[] mean, float[] a,
-                                    float[] b, float[] c) {
+                                    long spatial, long xShift, long yShift, int p0, int p1,
+                                    float[] mean, float[] a, float[] b, float[] c) {
         for (int p = p0, ch = p0 % channels; p < p1; p++) {
             for (long at = 4L * p * spatial, end = at + 4 * spatial; at < end; at += 4) {
-                gradientInput(x, dy, y, dx, dresidual, at, mean[ch], a[ch], b[ch], c[ch]);
+                gradientInput(x, dy, y, dx, dresidual, at + xShift, at + yShift, mean[ch], a[ch], b[ch], c[ch]);
             }
             if (++ch == channels) {
                 ch = 0;
@@ -156,14 +162,14 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
-                           double[] shift, double[] s1, double[] s2) {
+    public void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
+                           int c1, double[] shift, double[] s1, double[] s2) {
         for (int c = c0; c < c1; c++) {
             s1[c] = 0;
             s2[c] = 0;
         }
         for (long r = row0; r < row1; r++) {
-            long base = r * channels * 4L;
+            long base = r * xRow;
             for (int c = c0; c < c1; c++) {
                 double d = (double) x.get(F32, base + 4L * c) - shift[c];
                 s1[c] += d;
@@ -174,31 +180,30 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                             int channels, long row0, long row1, int c0, int c1, float[] mean,
-                             float[] scale, float[] offset) {
+                             int channels, long inRow, long outRow, long row0, long row1, int c0,
+                             int c1, float[] mean, float[] scale, float[] offset) {
         for (long r = row0; r < row1; r++) {
-            long base = r * channels * 4L;
+            long base = r * inRow, outBase = r * outRow;
             for (int c = c0; c < c1; c++) {
-                long at = base + 4L * c;
-                y.set(F32, at, activate(Math.fma(x.get(F32, at) - mean[c], scale[c], offset[c]), residual, at, relu));
+                long out = outBase + 4L * c;
+                y.set(F32, out, activate(Math.fma(x.get(F32, base + 4L * c) - mean[c], scale[c], offset[c]), residual, out, relu));
             }
         }
     }
 
     @Override
-    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
-                                long row1, int c0, int c1, double[] mean, double[] sumDy,
-                                double[] sumDyXmu) {
+    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
+                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                                double[] sumDy, double[] sumDyXmu) {
         for (int c = c0; c < c1; c++) {
             sumDy[c] = 0;
             sumDyXmu[c] = 0;
         }
         for (long r = row0; r < row1; r++) {
-            long base = r * channels * 4L;
+            long base = r * xRow, dyBase = r * dyRow;
             for (int c = c0; c < c1; c++) {
-                long at = base + 4L * c;
-                double g = dy.get(F32, at);
-                double d = (double) x.get(F32, at) - mean[c];
+                double g = dy.get(F32, dyBase + 4L * c);
+                double d = (double) x.get(F32, base + 4L * c) - mean[c];
                 sumDy[c] += g;
                 sumDyXmu[c] = Math.fma(d, g, sumDyXmu[c]);
             }
@@ -208,12 +213,12 @@ public final class ScalarKernels implements BatchNormKernels {
     @Override
     public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
                                  MemorySegment dx, MemorySegment dresidual, int channels,
-                                 long row0, long row1, int c0, int c1, float[] mean, float[] a,
-                                 float[] b, float[] c) {
+                                 long inRow, long outRow, long row0, long row1, int c0, int c1,
+                                 float[] mean, float[] a, float[] b, float[] c) {
         for (long r = row0; r < row1; r++) {
-            long base = r * channels * 4L;
+            long base = r * inRow, outBase = r * outRow;
             for (int ch = c0; ch < c1; ch++) {
-                gradientInput(x, dy, y, dx, dresidual, base + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
+                gradientInput(x, dy, y, dx, dresidual, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
         }
     }

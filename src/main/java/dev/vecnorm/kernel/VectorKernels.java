@@ -78,55 +78,56 @@ final class VectorKernels implements BatchNormKernels {
 
     @Override
     public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, int p0, int p1,
-                                float[] mean, float[] scale, float[] offset) {
-        VectorTransforms.planesNormalize(x, residual, y, relu, channels, spatial, p0, p1, mean, scale, offset);
+                                boolean relu, int channels, long spatial, long xShift, long yShift,
+                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
+        VectorTransforms.planesNormalize(x, residual, y, relu, channels, spatial, xShift, yShift, p0, p1, mean, scale, offset);
     }
 
     @Override
     public void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    int planes, long spatial, double mean, double[] lanes,
-                                    double[] sumDy, double[] sumDyXmu, int c) {
-        VectorReductions.channelGradientSums(x, dy, base, stride, planes, spatial, mean, lanes,
-                sumDy, sumDyXmu, c);
+                                    long dyBase, long dyStride, int planes, long spatial,
+                                    double mean, double[] lanes, double[] sumDy,
+                                    double[] sumDyXmu, int c) {
+        VectorReductions.channelGradientSums(x, dy, base, stride, dyBase, dyStride, planes, spatial,
+                mean, lanes, sumDy, sumDyXmu, c);
     }
 
     @Override
     public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
                                     MemorySegment dx, MemorySegment dresidual, int channels,
-                                    long spatial, int p0, int p1, float[] mean, float[] a,
-                                    float[] b, float[] c) {
-        VectorTransforms.planesGradientInput(x, dy, y, dx, dresidual, channels, spatial, p0, p1, mean, a, b, c);
+                                    long spatial, long xShift, long yShift, int p0, int p1,
+                                    float[] mean, float[] a, float[] b, float[] c) {
+        VectorTransforms.planesGradientInput(x, dy, y, dx, dresidual, channels, spatial, xShift, yShift, p0, p1, mean, a, b, c);
     }
 
     // ------------------------------------------------------------------------------------ NHWC
 
     @Override
-    public void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
-                           double[] shift, double[] s1, double[] s2) {
-        VectorReductions.rowMoments(x, channels, row0, row1, c0, c1, shift, s1, s2);
+    public void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
+                           int c1, double[] shift, double[] s1, double[] s2) {
+        VectorReductions.rowMoments(x, channels, xRow, row0, row1, c0, c1, shift, s1, s2);
     }
 
     @Override
     public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                             int channels, long row0, long row1, int c0, int c1, float[] mean,
-                             float[] scale, float[] offset) {
-        VectorTransforms.rowNormalize(x, residual, y, relu, channels, row0, row1, c0, c1, mean, scale, offset);
+                             int channels, long inRow, long outRow, long row0, long row1, int c0,
+                             int c1, float[] mean, float[] scale, float[] offset) {
+        VectorTransforms.rowNormalize(x, residual, y, relu, channels, inRow, outRow, row0, row1, c0, c1, mean, scale, offset);
     }
 
     @Override
-    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
-                                long row1, int c0, int c1, double[] mean, double[] sumDy,
-                                double[] sumDyXmu) {
-        VectorReductions.rowGradientSums(x, dy, channels, row0, row1, c0, c1, mean, sumDy, sumDyXmu);
+    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
+                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                                double[] sumDy, double[] sumDyXmu) {
+        VectorReductions.rowGradientSums(x, dy, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu);
     }
 
     @Override
     public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
                                  MemorySegment dx, MemorySegment dresidual, int channels,
-                                 long row0, long row1, int c0, int c1, float[] mean, float[] a,
-                                 float[] b, float[] c) {
-        VectorTransforms.rowGradientInput(x, dy, y, dx, dresidual, channels, row0, row1, c0, c1, mean, a, b, c);
+                                 long inRow, long outRow, long row0, long row1, int c0, int c1,
+                                 float[] mean, float[] a, float[] b, float[] c) {
+        VectorTransforms.rowGradientInput(x, dy, y, dx, dresidual, channels, inRow, outRow, row0, row1, c0, c1, mean, a, b, c);
     }
     // ------------------------------------------------------------------------------------ runs
 

@@ -182,11 +182,12 @@ final class VectorReductions {
      * compiles without boxing its vectors (every call allocated); other widths take the array.
      */
     static void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    int planes, long spatial, double mean, double[] lanes,
-                                    double[] sumDy, double[] sumDyXmu, int c) {
+                                    long dyBase, long dyStride, int planes, long spatial,
+                                    double mean, double[] lanes, double[] sumDy,
+                                    double[] sumDyXmu, int c) {
         if (DL != 8) {
-            channelGradientSumsAnyWidth(x, dy, base, stride, planes, spatial, mean, lanes, sumDy,
-                    sumDyXmu, c);
+            channelGradientSumsAnyWidth(x, dy, base, stride, dyBase, dyStride, planes, spatial,
+                    mean, lanes, sumDy, sumDyXmu, c);
             return;
         }
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
@@ -210,38 +211,39 @@ final class VectorReductions {
         DoubleVector q2 = DoubleVector.fromArray(DOUBLES, from, qt + 2 * DL);
         DoubleVector q3 = DoubleVector.fromArray(DOUBLES, from, qt + 3 * DL);
         double t1 = from[tail], t2 = from[tail + 1];
-        for (int p = 0; p < planes; p++, base += stride) {
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride) {
+            long dd = dyBase - base;            // dy's offset from x's (0 when dense)
             long end = base + rowsBytes;
             for (long o = base; o < end; o += ROW_BYTES) {
-                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a0 = a0.add(g0);
                 q0 = d0.fma(g0, q0);
-                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + STEP + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a1 = a1.add(g1);
                 q1 = d1.fma(g1, q1);
-                DoubleVector g2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 2 * STEP + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a2 = a2.add(g2);
                 q2 = d2.fma(g2, q2);
-                DoubleVector g3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 3 * STEP + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a3 = a3.add(g3);
                 q3 = d3.fma(g3, q3);
             }
             if (rowsBytes < bodyBytes) {           // a half row: lanes 0..15
-                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, end, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a0 = a0.add(g0);
                 q0 = d0.fma(g0, q0);
-                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end + STEP, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end + STEP + dd, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, end + STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 a1 = a1.add(g1);
                 q1 = d1.fma(g1, q1);
             }
             for (long o = base + bodyBytes, stop = base + planeBytes; o < stop; o += 4) {
-                double g = dy.get(F32, o);
+                double g = dy.get(F32, o + dd);
                 double d = (double) x.get(F32, o) - mean;
                 t1 += g;
                 t2 = Math.fma(d, g, t2);
@@ -307,8 +309,9 @@ final class VectorReductions {
     }
 
     private static void channelGradientSumsAnyWidth(MemorySegment x, MemorySegment dy, long base,
-                                                    long stride, int planes, long spatial,
-                                                    double mean, double[] lanes, double[] sumDy,
+                                                    long stride, long dyBase, long dyStride,
+                                                    int planes, long spatial, double mean,
+                                                    double[] lanes, double[] sumDy,
                                                     double[] sumDyXmu, int c) {
         boolean finish = lanes == null;
         int at = finish ? 0 : c * LANE_SLOTS;
@@ -319,16 +322,16 @@ final class VectorReductions {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         long bodyBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         int tail = at + 2 * VIRTUAL_LANES;
-        for (int p = 0; p < planes; p++, base += stride) {
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride) {
             for (long o = 0; o < bodyBytes; o += STEP) {
                 int lane = at + (int) (o / 4 % VIRTUAL_LANES);
-                DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, base + o, NATIVE).convertShape(F2D, DOUBLES, 0);
+                DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, dyBase + o, NATIVE).convertShape(F2D, DOUBLES, 0);
                 DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, base + o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
                 d.fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane)).intoArray(lanes, VIRTUAL_LANES + lane);
             }
             for (long o = base + bodyBytes, stop = base + 4 * spatial; o < stop; o += 4) {
-                double g = dy.get(F32, o);
+                double g = dy.get(F32, o - base + dyBase);
                 double d = (double) x.get(F32, o) - mean;
                 lanes[tail] += g;
                 lanes[tail + 1] = Math.fma(d, g, lanes[tail + 1]);
@@ -352,11 +355,11 @@ final class VectorReductions {
     private static final int ROWS = 4;
 
     /** {@link BatchNormKernels#rowMoments}. */
-    static void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
-                           double[] shift, double[] s1, double[] s2) {
+    static void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
+                           int c1, double[] shift, double[] s1, double[] s2) {
         java.util.Arrays.fill(s1, c0, c1, 0.0);
         java.util.Arrays.fill(s2, c0, c1, 0.0);
-        long rb = 4L * channels;
+        long rb = xRow;
         int vectorEnd = c0 + (c1 - c0) / DL * DL;
         long r = row0;
         for (; r + ROWS <= row1; r += ROWS) {
@@ -401,49 +404,49 @@ final class VectorReductions {
     }
 
     /** {@link BatchNormKernels#rowGradientSums}: the walk of {@link #rowMoments}. */
-    static void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0,
-                                long row1, int c0, int c1, double[] mean, double[] sumDy,
-                                double[] sumDyXmu) {
+    static void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
+                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                                double[] sumDy, double[] sumDyXmu) {
         java.util.Arrays.fill(sumDy, c0, c1, 0.0);
         java.util.Arrays.fill(sumDyXmu, c0, c1, 0.0);
-        long rb = 4L * channels;
+        long rb = xRow, db = dyRow;
         int vectorEnd = c0 + (c1 - c0) / DL * DL;
         long r = row0;
         for (; r + ROWS <= row1; r += ROWS) {
-            long base = r * rb;
+            long base = r * rb, dbase = r * db;
             for (int c = c0; c < vectorEnd; c += DL) {
-                long o = base + 4L * c;
+                long o = base + 4L * c, od = dbase + 4L * c;
                 DoubleVector m = DoubleVector.fromArray(DOUBLES, mean, c);
-                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0)), g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0));
-                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)), g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0));
+                DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od, NATIVE).convertShape(F2D, DOUBLES, 0)), g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + db, NATIVE).convertShape(F2D, DOUBLES, 0));
+                DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 2 * db, NATIVE).convertShape(F2D, DOUBLES, 0)), g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 3 * db, NATIVE).convertShape(F2D, DOUBLES, 0));
                 DoubleVector u0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector u2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector.fromArray(DOUBLES, sumDy, c).add(g0).add(g1).add(g2).add(g3).intoArray(sumDy, c);
                 u3.fma(g3, u2.fma(g2, u1.fma(g1, u0.fma(g0, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)))))
                         .intoArray(sumDyXmu, c);
             }
-            scalarGradientSums(x, dy, rb, r, ROWS, vectorEnd, c1, mean, sumDy, sumDyXmu);
+            scalarGradientSums(x, dy, rb, db, r, ROWS, vectorEnd, c1, mean, sumDy, sumDyXmu);
         }
         for (; r < row1; r++) {
-            long base = r * rb;
+            long base = r * rb, dbase = r * db;
             for (int c = c0; c < vectorEnd; c += DL) {
-                long o = base + 4L * c;
-                DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o, NATIVE).convertShape(F2D, DOUBLES, 0));
+                long o = base + 4L * c, od = dbase + 4L * c;
+                DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od, NATIVE).convertShape(F2D, DOUBLES, 0));
                 DoubleVector.fromArray(DOUBLES, sumDy, c).add(g).intoArray(sumDy, c);
                 ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(DoubleVector.fromArray(DOUBLES, mean, c))
                         .fma(g, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)).intoArray(sumDyXmu, c);
             }
-            scalarGradientSums(x, dy, rb, r, 1, vectorEnd, c1, mean, sumDy, sumDyXmu);
+            scalarGradientSums(x, dy, rb, db, r, 1, vectorEnd, c1, mean, sumDy, sumDyXmu);
         }
     }
 
-    private static void scalarGradientSums(MemorySegment x, MemorySegment dy, long rb, long r,
-                                           int rows, int c0, int c1, double[] mean,
+    private static void scalarGradientSums(MemorySegment x, MemorySegment dy, long rb, long db,
+                                           long r, int rows, int c0, int c1, double[] mean,
                                            double[] sumDy, double[] sumDyXmu) {
         for (int c = c0; c < c1; c++) {
             double a = sumDy[c], q = sumDyXmu[c];
-            for (long o = r * rb + 4L * c, end = o + rows * rb; o < end; o += rb) {
-                double g = dy.get(F32, o);
+            for (long o = r * rb + 4L * c, od = r * db + 4L * c, end = o + rows * rb; o < end; o += rb, od += db) {
+                double g = dy.get(F32, od);
                 a += g;
                 q = Math.fma((double) x.get(F32, o) - mean[c], g, q);
             }

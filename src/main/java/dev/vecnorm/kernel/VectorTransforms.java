@@ -57,14 +57,14 @@ final class VectorTransforms {
      * Both give the same bits; y over the residual counts as in place.
      */
     static void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, int p0, int p1,
-                                float[] mean, float[] scale, float[] offset) {
+                                boolean relu, int channels, long spatial, long xs, long ys, int p0,
+                                int p1, float[] mean, float[] scale, float[] offset) {
         if (spatial < FL) {
-            SCALAR.planesNormalize(x, residual, y, relu, channels, spatial, p0, p1, mean, scale, offset);
-        } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && (x.equals(y) || y.equals(residual))) {
-            normalizeRuns(x, residual, y, relu, channels, spatial, p0, p1, mean, scale, offset);
+            SCALAR.planesNormalize(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
+        } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && (x.equals(y) && xs == ys || y.equals(residual))) {
+            normalizeRuns(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         } else {
-            normalizeStream(x, residual, y, relu, channels, spatial, p0, p1, mean, scale, offset);
+            normalizeStream(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         }
     }
 
@@ -74,8 +74,8 @@ final class VectorTransforms {
      * last plane.
      */
     private static void normalizeStream(MemorySegment x, MemorySegment res, MemorySegment y,
-                                        boolean relu, int channels, long spatial, int p0, int p1,
-                                        float[] mean, float[] scale, float[] offset) {
+                                        boolean relu, int channels, long spatial, long xs, long ys,
+                                        int p0, int p1, float[] mean, float[] scale, float[] offset) {
         long end = 4L * p1 * spatial;
         long o = 4L * p0 * spatial;
         int c = p0 % channels;
@@ -86,27 +86,27 @@ final class VectorTransforms {
             FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
             FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
             FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
-            FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b);
+            FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m).fma(a, b);
             if (res != null) {
-                v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+                v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o + ys, NATIVE));
             }
             if (relu) {
                 v = v.blend(0f, v.compare(LE, 0f));
             }
-            v.intoMemorySegment(y, o, NATIVE);
+            v.intoMemorySegment(y, o + ys, NATIVE);
             boolean crossed = left <= FL;
             left = crossed ? left + spatial - FL : left - FL;
             c = crossed ? next : c;
         }
         for (; o < end; o += 4) {
-            y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, o, relu));
+            y.set(F32, o + ys, ScalarKernels.activate(Math.fma(x.get(F32, o + xs) - mean[c], scale[c], offset[c]), res, o + ys, relu));
         }
     }
 
     /** The stream as runs of whole vectors per plane, a blended vector only where planes meet. */
     private static void normalizeRuns(MemorySegment x, MemorySegment res, MemorySegment y,
-                                      boolean relu, int channels, long spatial, int p0, int p1,
-                                      float[] mean, float[] scale, float[] offset) {
+                                      boolean relu, int channels, long spatial, long xs, long ys,
+                                      int p0, int p1, float[] mean, float[] scale, float[] offset) {
         long end = 4L * p1 * spatial;
         long o = 4L * p0 * spatial;
         int c = p0 % channels;
@@ -118,14 +118,14 @@ final class VectorTransforms {
             int whole = (int) (left / FL);
             for (int i = 0; i < whole; i++) {
                 long at = o + (long) i * (4 * FL);
-                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, at, NATIVE).sub(m).fma(a, b);
+                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, at + xs, NATIVE).sub(m).fma(a, b);
                 if (res != null) {
-                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, at, NATIVE));
+                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, at + ys, NATIVE));
                 }
                 if (relu) {
                     v = v.blend(0f, v.compare(LE, 0f));
                 }
-                v.intoMemorySegment(y, at, NATIVE);
+                v.intoMemorySegment(y, at + ys, NATIVE);
             }
             o += (long) whole * (4 * FL);
             left -= (long) whole * FL;
@@ -134,7 +134,7 @@ final class VectorTransforms {
             }
             if (o + 4 * left == end) {             // the last plane's end: no next plane to blend
                 for (; o < end; o += 4) {
-                    y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, o, relu));
+                    y.set(F32, o + ys, ScalarKernels.activate(Math.fma(x.get(F32, o + xs) - mean[c], scale[c], offset[c]), res, o + ys, relu));
                 }
                 return;
             }
@@ -144,14 +144,14 @@ final class VectorTransforms {
             FloatVector bn = FloatVector.broadcast(FLOATS, offset[next]);
             if (left > 0) {
                 VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << left);
-                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m.blend(mn, upper)).fma(a.blend(an, upper), b.blend(bn, upper));
+                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m.blend(mn, upper)).fma(a.blend(an, upper), b.blend(bn, upper));
                 if (res != null) {
-                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o + ys, NATIVE));
                 }
                 if (relu) {
                     v = v.blend(0f, v.compare(LE, 0f));
                 }
-                v.intoMemorySegment(y, o, NATIVE);
+                v.intoMemorySegment(y, o + ys, NATIVE);
                 o += 4L * FL;
                 left += spatial - FL;
             } else {
@@ -167,10 +167,10 @@ final class VectorTransforms {
     /** Planes in memory order, one flat stream as in {@link #planesNormalize}. */
     static void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
                                     MemorySegment dx, MemorySegment dres, int channels,
-                                    long spatial, int p0, int p1, float[] mean, float[] a,
-                                    float[] b, float[] c) {
+                                    long spatial, long xs, long ys, int p0, int p1, float[] mean,
+                                    float[] a, float[] b, float[] c) {
         if (spatial < FL) {
-            SCALAR.planesGradientInput(x, dy, y, dx, dres, channels, spatial, p0, p1, mean, a, b, c);
+            SCALAR.planesGradientInput(x, dy, y, dx, dres, channels, spatial, xs, ys, p0, p1, mean, a, b, c);
             return;
         }
         long end = 4L * p1 * spatial;
@@ -184,39 +184,39 @@ final class VectorTransforms {
             FloatVector av = FloatVector.broadcast(FLOATS, a[ch]).blend(FloatVector.broadcast(FLOATS, a[next]), upper);
             FloatVector bv = FloatVector.broadcast(FLOATS, b[ch]).blend(FloatVector.broadcast(FLOATS, b[next]), upper);
             FloatVector cv = FloatVector.broadcast(FLOATS, c[ch]).blend(FloatVector.broadcast(FLOATS, c[next]), upper);
-            FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+            FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o + ys, NATIVE);
             if (y != null) {
-                g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
+                g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + ys, NATIVE).compare(LE, 0f));
             }
             if (dres != null) {
-                g.intoMemorySegment(dres, o, NATIVE);
+                g.intoMemorySegment(dres, o + ys, NATIVE);
             }
             FloatVector v = g.fma(av, cv);
             if (x != null) {
-                v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(bv, v);
+                v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m).fma(bv, v);
             }
-            v.intoMemorySegment(dx, o, NATIVE);
+            v.intoMemorySegment(dx, o + xs, NATIVE);
             boolean crossed = left <= FL;
             left = crossed ? left + spatial - FL : left - FL;
             ch = crossed ? next : ch;
         }
         for (; o < end; o += 4) {
-            ScalarKernels.gradientInput(x, dy, y, dx, dres, o, mean[ch], a[ch], b[ch], c[ch]);
+            ScalarKernels.gradientInput(x, dy, y, dx, dres, o + xs, o + ys, mean[ch], a[ch], b[ch], c[ch]);
         }
     }
 
     // ------------------------------------------------------------------------------------ NHWC
 
     static void rowNormalize(MemorySegment x, MemorySegment res, MemorySegment y, boolean relu,
-                             int channels, long row0, long row1, int c0, int c1, float[] mean,
-                             float[] scale, float[] offset) {
+                             int channels, long inRow, long outRow, long row0, long row1, int c0,
+                             int c1, float[] mean, float[] scale, float[] offset) {
         long rowBytes = 4L * channels;
-        if (channels >= WIDE_ROW_CHANNELS && res == null && x.equals(y)) {
+        if (channels >= WIDE_ROW_CHANNELS && res == null && x.equals(y) && inRow == outRow) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
-            normalizeRows4(x, y, relu, rowBytes, row0, blocked, c0, c1, mean, scale, offset);
+            normalizeRows4(x, y, relu, inRow, row0, blocked, c0, c1, mean, scale, offset);
             row0 = blocked;
         }
-        if (c0 == 0 && c1 == channels && channels % FL == 0) {
+        if (c0 == 0 && c1 == channels && channels % FL == 0 && inRow == rowBytes && outRow == rowBytes) {
             // Out of place, whole rows: one stream of vectors in memory order, the parameters'
             // index wrapping at each row's end (no inner loop of a few trips per row).
             int c = 0;
@@ -239,39 +239,39 @@ final class VectorTransforms {
         }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r++) {
-            long base = r * rowBytes;
+            long base = r * inRow, outBase = r * outRow;
             for (int c = c0; c < vectorEnd; c += FL) {
-                long o = base + 4L * c;
+                long o = base + 4L * c, oo = outBase + 4L * c;
                 FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
                 FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
                 FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
                 FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).lanewise(SUB, m).lanewise(FMA, a, b);
                 if (res != null) {
-                    v = v.lanewise(ADD, FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+                    v = v.lanewise(ADD, FloatVector.fromMemorySegment(FLOATS, res, oo, NATIVE));
                 }
                 if (relu) {
                     v = v.blend(ZERO, v.compare(LE, 0f));
                 }
-                v.intoMemorySegment(y, o, NATIVE);
+                v.intoMemorySegment(y, oo, NATIVE);
             }
             int c = vectorEnd;
             if (c1 - c >= HL) {
                 // A half vector for the rest: 24 channels at 512 bits would leave a third scalar.
-                long o = base + 4L * c;
+                long o = base + 4L * c, oo = outBase + 4L * c;
                 FloatVector v = FloatVector.fromMemorySegment(HALF, x, o, NATIVE).sub(FloatVector.fromArray(HALF, mean, c))
                         .fma(FloatVector.fromArray(HALF, scale, c), FloatVector.fromArray(HALF, offset, c));
                 if (res != null) {
-                    v = v.add(FloatVector.fromMemorySegment(HALF, res, o, NATIVE));
+                    v = v.add(FloatVector.fromMemorySegment(HALF, res, oo, NATIVE));
                 }
                 if (relu) {
                     v = v.blend(0f, v.compare(LE, 0f));
                 }
-                v.intoMemorySegment(y, o, NATIVE);
+                v.intoMemorySegment(y, oo, NATIVE);
                 c += HL;
             }
             for (; c < c1; c++) {
-                long o = base + 4L * c;
-                y.set(F32, o, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, o, relu));
+                long o = base + 4L * c, oo = outBase + 4L * c;
+                y.set(F32, oo, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, oo, relu));
             }
         }
     }
@@ -317,31 +317,30 @@ final class VectorTransforms {
     }
 
     static void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                 MemorySegment dx, MemorySegment dres, int channels, long row0,
-                                 long row1, int c0, int c1, float[] mean, float[] a, float[] b,
-                                 float[] c) {
+                                 MemorySegment dx, MemorySegment dres, int channels, long inRow,
+                                 long outRow, long row0, long row1, int c0, int c1, float[] mean,
+                                 float[] a, float[] b, float[] c) {
         // Without x (the frozen form) only the general loop: no measured need for the others.
-        long rowBytes = 4L * channels;
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
-        if (channels > WIDE_ROW_CHANNELS && x != null) {
+        if (channels > WIDE_ROW_CHANNELS && x != null && inRow == outRow) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
-            gradientInputRows4(x, dy, y, dx, dres, rowBytes, row0, blocked, c0, c1, mean, a, b, c);
+            gradientInputRows4(x, dy, y, dx, dres, inRow, row0, blocked, c0, c1, mean, a, b, c);
             row0 = blocked;
         }
         for (long r = row0; r < row1; r++) {
-            long base = r * rowBytes;
+            long base = r * inRow, outBase = r * outRow;
             for (int ch = c0; ch < vectorEnd; ch += FL) {
-                long o = base + 4L * ch;
+                long o = base + 4L * ch, oo = outBase + 4L * ch;
                 FloatVector m = FloatVector.fromArray(FLOATS, mean, ch);
                 FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
                 FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
                 FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
-                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, oo, NATIVE);
                 if (y != null) {
-                    g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
+                    g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, oo, NATIVE).compare(LE, 0f));
                 }
                 if (dres != null) {
-                    g.intoMemorySegment(dres, o, NATIVE);
+                    g.intoMemorySegment(dres, oo, NATIVE);
                 }
                 FloatVector v = g.lanewise(FMA, av, cv);
                 if (x != null) {
@@ -351,13 +350,13 @@ final class VectorTransforms {
             }
             int ch = vectorEnd;
             if (c1 - ch >= HL) {                // a half vector for the rest, as in rowNormalize
-                long o = base + 4L * ch;
-                FloatVector g = FloatVector.fromMemorySegment(HALF, dy, o, NATIVE);
+                long o = base + 4L * ch, oo = outBase + 4L * ch;
+                FloatVector g = FloatVector.fromMemorySegment(HALF, dy, oo, NATIVE);
                 if (y != null) {
-                    g = g.blend(0f, FloatVector.fromMemorySegment(HALF, y, o, NATIVE).compare(LE, 0f));
+                    g = g.blend(0f, FloatVector.fromMemorySegment(HALF, y, oo, NATIVE).compare(LE, 0f));
                 }
                 if (dres != null) {
-                    g.intoMemorySegment(dres, o, NATIVE);
+                    g.intoMemorySegment(dres, oo, NATIVE);
                 }
                 FloatVector v = g.fma(FloatVector.fromArray(HALF, a, ch), FloatVector.fromArray(HALF, c, ch));
                 if (x != null) {
@@ -368,7 +367,7 @@ final class VectorTransforms {
                 ch += HL;
             }
             for (; ch < c1; ch++) {
-                ScalarKernels.gradientInput(x, dy, y, dx, dres, base + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
+                ScalarKernels.gradientInput(x, dy, y, dx, dres, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
         }
     }
