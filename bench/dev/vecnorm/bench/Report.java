@@ -34,7 +34,7 @@ import org.openjdk.jmh.runner.options.TimeValue;
  * arguments: [--quick | --full | --smoke]
  *            [--suite=resnet50|mobilenet_v2|vgg16_bn|resnet50_batch1|batchnorm1d|all[,...]]
  *            [--shapes=mb32ic64ih56iw56,...] [--threads=1,2] [--kernels=vector,scalar]
- *            [--layouts=NCHW,NHWC] [--fused] [--cost] [--norms | --norms-only] [--peers] [--out=DIR]
+ *            [--layouts=NCHW,NHWC] [--fused] [--split] [--cost] [--norms | --norms-only] [--peers] [--out=DIR]
  * </pre>
  *
  * The shapes: {@code --shapes} if given, else the {@code --suite}s' (see {@link Problem#SUITES}),
@@ -154,6 +154,9 @@ public final class Report {
         if (FusedReport.wanted(args)) {
             table += FusedReport.run(s, results);
         }
+        if (SplitReport.wanted(args)) {
+            table += SplitReport.run(s);
+        }
         if (s.cost) {
             table += cost(run(s, "dev\\.vecnorm\\.bench\\.DeterminismCostBenchmark\\.", false, null,
                     s.out.resolve("jmh-result-cost.json")), s);
@@ -219,7 +222,7 @@ public final class Report {
                 layouts = split(a);
             } else if (a.equals("--peers")) {
                 peers = true;
-            } else if (a.equals("--fused") || a.equals("--norms") || a.equals("--norms-only")) {
+            } else if (a.equals("--fused") || a.equals("--split") || a.equals("--norms") || a.equals("--norms-only")) {
                 continue;                          // read by FusedReport.wanted, NormReport.problems and main
             } else if (a.equals("--cost")) {
                 cost = true;
@@ -227,7 +230,7 @@ public final class Report {
                 out = Path.of(a.substring("--out=".length()));
             } else {
                 throw new IllegalArgumentException("argument: expected --quick, --full, --smoke, --suite=, --shapes=,"
-                        + " --threads=, --kernels=, --layouts=, --cost, --fused, --norms, --norms-only, --peers or --out=,"
+                        + " --threads=, --kernels=, --layouts=, --cost, --fused, --split, --norms, --norms-only, --peers or --out=,"
                         + " got '" + a + "'");
             }
         }
