@@ -179,15 +179,7 @@ public final class BatchNorm {
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
-        int c = shape.channels();
-        boolean shareable = Arguments.start()
-                .input("x", x, inView, "the input tensor", false)
-                .input("gamma", gamma, c, "one scale per channel", true)
-                .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, outView, "the output tensor", false)
-                .output("mean", mean, c, "one mean per channel", false)
-                .output("variance", variance, c, "one variance per channel", false)
-                .finish("y", "x");
+        boolean shareable = trainingArguments(x, null, true, gamma, beta, y, mean, variance);
         engineFor(shareable).forwardTraining(x, null, gamma, beta, y, mean, variance, relu);
     }
 
@@ -210,17 +202,25 @@ public final class BatchNorm {
                                 MemorySegment beta, MemorySegment y, MemorySegment mean,
                                 MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
+        boolean shareable = trainingArguments(x, residual, false, gamma, beta, y, mean, variance);
+        engineFor(shareable).forwardTraining(x, residual, gamma, beta, y, mean, variance, relu);
+    }
+
+    /** The forward-training calls' checks; {@code residualOptional} allows a null residual. */
+    private boolean trainingArguments(MemorySegment x, MemorySegment residual,
+                                      boolean residualOptional, MemorySegment gamma,
+                                      MemorySegment beta, MemorySegment y, MemorySegment mean,
+                                      MemorySegment variance) {
         int c = shape.channels();
-        boolean shareable = Arguments.start()
+        return Arguments.start()
                 .input("x", x, inView, "the input tensor", false)
-                .input("residual", residual, outView, "the tensor added before the activation", false)
+                .input("residual", residual, outView, "the tensor added before the activation", residualOptional)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .output("y", y, outView, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
                 .output("variance", variance, c, "one variance per channel", false)
                 .finish("y", "x", "y", "residual");
-        engineFor(shareable).forwardTraining(x, residual, gamma, beta, y, mean, variance, relu);
     }
 
     /**
@@ -256,16 +256,7 @@ public final class BatchNorm {
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireStatistics("statistics", statistics == null ? -1 : statistics.channels(),
                 statistics == null ? 0 : statistics.count());
-        int c = shape.channels();
-        boolean shareable = Arguments.start()
-                .input("x", x, inView, "the input tensor", false)
-                .input("residual", residual, outView, "the tensor added before the activation", true)
-                .input("gamma", gamma, c, "one scale per channel", true)
-                .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, outView, "the output tensor", false)
-                .output("mean", mean, c, "one mean per channel", false)
-                .output("variance", variance, c, "one variance per channel", false)
-                .finish("y", "x", "y", "residual");
+        boolean shareable = trainingArguments(x, residual, true, gamma, beta, y, mean, variance);
         engineFor(shareable).forwardTraining(x, residual, gamma, beta, statistics.moments(), y,
                 mean, variance, relu);
     }

@@ -73,7 +73,7 @@ public final class ChannelStatistics {
     /** Channel c's mean, in double (NaN when empty). */
     public double mean(int c) {
         Objects.checkIndex(c, channels());
-        return count() == 0 ? Double.NaN : moments.mean(c);
+        return moments.count(c) == 0 ? Double.NaN : moments.mean(c);
     }
 
     /** Channel c's biased variance M2 / count, in double (NaN when empty). */
@@ -175,10 +175,7 @@ public final class ChannelStatistics {
      */
     public void writeTo(MemorySegment out) {
         int channels = channels();
-        requireDoubles("out", out, doubles(channels));
-        if (out.isReadOnly()) {
-            throw new IllegalArgumentException("out: expected a writable segment, got a read-only one");
-        }
+        requireWritableDoubles("out", out, doubles(channels));
         out.setAtIndex(F64, 0, count());
         for (int c = 0; c < channels; c++) {
             out.setAtIndex(F64, 1 + c, moments.mean(c));
@@ -195,16 +192,11 @@ public final class ChannelStatistics {
      */
     public static ChannelStatistics readFrom(MemorySegment in, int channels) {
         ChannelStatistics s = new ChannelStatistics(channels);
-        requireDoubles("in", in, doubles(channels));
-        double count = in.getAtIndex(F64, 0);
-        if (!(count >= 0 && count <= 0x1p53 && count == Math.rint(count))) {
-            throw new IllegalArgumentException("in: expected a count that is a whole number in"
-                    + " [0, 2^53] first, got " + count);
-        }
+        long count = readCount(in, doubles(channels));
         double[] mean = new double[channels], m2 = new double[channels];
         MemorySegment.copy(in, F64, 8, mean, 0, channels);
         MemorySegment.copy(in, F64, 8 * (1 + (long) channels), m2, 0, channels);
-        s.moments.set((long) count, mean, m2);
+        s.moments.set(count, mean, m2);
         return s;
     }
 
@@ -240,6 +232,31 @@ public final class ChannelStatistics {
         if (norm.shape().channels() != channels()) {
             throw new IllegalArgumentException("norm: expected a BatchNorm of " + channels()
                     + " channels, got " + norm.shape().channels());
+        }
+    }
+
+    /**
+     * The count that {@link #writeTo} (or {@link GradientStatistics#writeTo}) put first in
+     * {@code in}, a segment of exactly {@code doubles} doubles.
+     *
+     * @throws IllegalArgumentException if the size is wrong or the count is not a whole number
+     *                                  in [0, 2^53]
+     */
+    static long readCount(MemorySegment in, long doubles) {
+        requireDoubles("in", in, doubles);
+        double count = in.getAtIndex(F64, 0);
+        if (!(count >= 0 && count <= 0x1p53 && count == Math.rint(count))) {
+            throw new IllegalArgumentException("in: expected a count that is a whole number in"
+                    + " [0, 2^53] first, got " + count);
+        }
+        return (long) count;
+    }
+
+    /** {@link #requireDoubles}, and writable. */
+    static void requireWritableDoubles(String name, MemorySegment s, long doubles) {
+        requireDoubles(name, s, doubles);
+        if (s.isReadOnly()) {
+            throw new IllegalArgumentException(name + ": expected a writable segment, got a read-only one");
         }
     }
 

@@ -156,10 +156,7 @@ public final class GradientStatistics {
      */
     public void writeTo(MemorySegment out) {
         int channels = channels();
-        ChannelStatistics.requireDoubles("out", out, doubles(channels));
-        if (out.isReadOnly()) {
-            throw new IllegalArgumentException("out: expected a writable segment, got a read-only one");
-        }
+        ChannelStatistics.requireWritableDoubles("out", out, doubles(channels));
         out.setAtIndex(F64, 0, count);
         MemorySegment.copy(sumDy, 0, out, F64, 8, channels);
         MemorySegment.copy(sumDyXmu, 0, out, F64, 8 * (1 + (long) channels), channels);
@@ -174,13 +171,7 @@ public final class GradientStatistics {
      */
     public static GradientStatistics readFrom(MemorySegment in, int channels) {
         GradientStatistics s = new GradientStatistics(channels);
-        ChannelStatistics.requireDoubles("in", in, doubles(channels));
-        double count = in.getAtIndex(F64, 0);
-        if (!(count >= 0 && count <= 0x1p53 && count == Math.rint(count))) {
-            throw new IllegalArgumentException("in: expected a count that is a whole number in"
-                    + " [0, 2^53] first, got " + count);
-        }
-        s.count = (long) count;
+        s.count = ChannelStatistics.readCount(in, doubles(channels));
         MemorySegment.copy(in, F64, 8, s.sumDy, 0, channels);
         MemorySegment.copy(in, F64, 8 * (1 + (long) channels), s.sumDyXmu, 0, channels);
         return s;

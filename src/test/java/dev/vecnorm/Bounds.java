@@ -19,7 +19,7 @@ final class Bounds {
 
     /**
      * Absolute error of the kernels' double statistics, as a variance. The kernels sum
-     * d = x - K (K = the channel's first value) and d^2 in double in at most n + 8 steps per value
+     * d = x - K (K = the first value of a part, see {@link #partsError}) and d^2 in double in at most n + 8 steps per value
      * (16 lanes, a 4-level lane tree, chunk merges), so |error(S1)| <= (n + 8) w sum|d| and
      * |error(S2)| <= (n + 8) w sum d^2. M2 = S2 - S1^2/n then errs by at most
      * error(S2) + 2 |S1| / n * error(S1) (+ one rounding), and the Chan merges add as much again:
@@ -27,11 +27,6 @@ final class Bounds {
      */
     static double varianceError(long n, double sumAbsD, double sumD, double sumD2) {
         return 2.0 * (n + 8) * W * (sumD2 + 2 * Math.abs(sumD) * sumAbsD / n) / n;
-    }
-
-    /** Absolute error of the kernels' double mean: K + S1 / n with S1 as above. */
-    static double meanError(long n, double sumAbsD) {
-        return 2.0 * (n + 8) * W * sumAbsD / n;
     }
 
     /** Error bounds of a double mean and biased variance (see {@link #partsError}). */
@@ -45,7 +40,7 @@ final class Bounds {
      * reduction order and part p is [bounds[p], bounds[p + 1]).
      * <ul>
      *   <li>A part of n values: S1 = sum(x - K) and S2 = sum((x - K)^2) err as in
-     *       {@link #meanError} and {@link #varianceError} (n + 8 roundings per value), so its
+     *       {@link #varianceError} (n + 8 roundings per value), so its
      *       mean K + S1 / n errs by E = (n + 8) w A / n + 2w |m| (A = sum |x - K|, two more
      *       roundings), its M2 = S2 - S1^2 / n by H = 2 (n + 8) w (Q + 2 |S| A / n).</li>
      *   <li>A merge of (na, ma, M2a) with errors (ea, ha) and a part (nb, mb, M2b) with (E, H):
@@ -78,7 +73,7 @@ final class Bounds {
                 m2p += (v[i] - mp) * (v[i] - mp);
             }
             double e = (np + 8) * W * a / np + 2 * W * Math.abs(mp);
-            double h = 2 * (np + 8) * W * (q + 2 * Math.abs(sd) * a / np);
+            double h = np * varianceError((long) np, a, sd, q);
             if (n == 0) {
                 n = np;
                 mean = mp;
@@ -104,7 +99,7 @@ final class Bounds {
     /**
      * Training-mode y = gamma (x - mu) / sqrt(var + eps) + beta, which the kernels compute as
      * fma(fl(x - hi), fl(a), fl(beta - lo a)) with hi + lo = m, the kernel's double mean, and
-     * a = gamma / sqrt(var + eps). m errs by |m - mu| <= meanErr ({@link #meanError}), so the
+     * a = gamma / sqrt(var + eps). m errs by |m - mu| <= meanErr ({@link #partsError}), so the
      * kernel transforms the deviation x - m, which is off by meanErr: |a| meanErr in y. That term
      * matters where |x - mu| is small against the channel's spread: values up to 1e18 round in
      * double to multiples of 128, so their mean errs by units while x - mu may be 1e7 and y 1e-10.

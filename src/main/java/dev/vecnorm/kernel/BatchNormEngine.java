@@ -164,23 +164,39 @@ public final class BatchNormEngine {
     public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
                                 MemorySegment beta, MemorySegment y, MemorySegment mean,
                                 MemorySegment variance, boolean relu) {
+        forwardTraining(x, residual, gamma, beta, null, y, mean, variance, relu);
+    }
+
+    /**
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, boolean)} with the statistics given (merged
+     * by the caller; null: computed from x): the same parameters and transform, so given the
+     * moments that the call would compute it writes the same bits.
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, ChannelMoments given, MemorySegment y,
+                                MemorySegment mean, MemorySegment variance, boolean relu) {
         Scratch w = scratch.acquire();
         try {
             w.residual = residual;
             w.relu = relu;
             channelVector(gamma, 1f, w.g);
             channelVector(beta, 0f, w.b);
-            w.moments.reset();
-            shifts(x, w.shift);
             w.x = x;
             w.y = y;
             w.mean = mean;
             w.variance = variance;
-            if (channelBlock > 0) {
-                workers.run(Math.ceilDiv(channels, channelBlock), w, trainingBlock);
-                return;
+            if (given != null) {
+                w.moments.copyFrom(given);
+            } else {
+                w.moments.reset();
+                shifts(x, w.shift);
+                if (channelBlock > 0) {
+                    workers.run(Math.ceilDiv(channels, channelBlock), w, trainingBlock);
+                    return;
+                }
+                statistics(w);
             }
-            statistics(w);
             int far = trainingParameters(w, 0, channels);
             normalize(w, x, y, w.mu, w.scale, w.offset, far);
         } finally {
@@ -504,33 +520,6 @@ public final class BatchNormEngine {
                     sumDyXmu[c] += s2[c];
                 }
             }
-        } finally {
-            scratch.release(w);
-        }
-    }
-
-    /**
-     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
-     * MemorySegment, MemorySegment, MemorySegment, boolean)} with the statistics given (merged
-     * by the caller) instead of computed from x: the same parameters and transform, so given
-     * the moments that the call would compute it writes the same bits.
-     */
-    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
-                                MemorySegment beta, ChannelMoments given, MemorySegment y,
-                                MemorySegment mean, MemorySegment variance, boolean relu) {
-        Scratch w = scratch.acquire();
-        try {
-            w.residual = residual;
-            w.relu = relu;
-            channelVector(gamma, 1f, w.g);
-            channelVector(beta, 0f, w.b);
-            w.moments.copyFrom(given);
-            w.x = x;
-            w.y = y;
-            w.mean = mean;
-            w.variance = variance;
-            int far = trainingParameters(w, 0, channels);
-            normalize(w, x, y, w.mu, w.scale, w.offset, far);
         } finally {
             scratch.release(w);
         }

@@ -135,6 +135,11 @@ public final class ChannelMoments {
         return n;
     }
 
+    /** The values merged into channel c. */
+    public long count(int c) {
+        return count[c];
+    }
+
     /** The number of channels. */
     public int channels() {
         return mean.length;
