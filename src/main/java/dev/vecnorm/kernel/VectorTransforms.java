@@ -217,24 +217,7 @@ final class VectorTransforms {
             row0 = blocked;
         }
         if (c0 == 0 && c1 == channels && channels % FL == 0 && inRow == rowBytes && outRow == rowBytes) {
-            // Out of place, whole rows: one stream of vectors in memory order, the parameters'
-            // index wrapping at each row's end (no inner loop of a few trips per row).
-            int c = 0;
-            for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
-                FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
-                FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
-                FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
-                FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b);
-                if (res != null) {
-                    v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
-                }
-                if (relu) {
-                    v = v.blend(0f, v.compare(LE, 0f));
-                }
-                v.intoMemorySegment(y, o, NATIVE);
-                c += FL;
-                c = c == channels ? 0 : c;
-            }
+            rowStream(x, res, y, relu, channels, row0, row1, mean, scale, offset);
             return;
         }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
@@ -273,6 +256,34 @@ final class VectorTransforms {
                 long o = base + 4L * c, oo = outBase + 4L * c;
                 y.set(F32, oo, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, oo, relu));
             }
+        }
+    }
+
+    /**
+     * Out of place, whole dense rows: one stream of vectors in memory order, the parameters'
+     * index wrapping at each row's end (no inner loop of a few trips per row). A method of its
+     * own: inside rowNormalize, beside the strided loops, the same loop ran at half speed in
+     * most JVMs (PERFORMANCE.md, "the row stream in a method of its own").
+     */
+    private static void rowStream(MemorySegment x, MemorySegment res, MemorySegment y, boolean relu,
+                                  int channels, long row0, long row1, float[] mean, float[] scale,
+                                  float[] offset) {
+        long rowBytes = 4L * channels;
+        int c = 0;
+        for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
+            FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
+            FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
+            FloatVector b = FloatVector.fromArray(FLOATS, offset, c);
+            FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).sub(m).fma(a, b);
+            if (res != null) {
+                v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
+            }
+            if (relu) {
+                v = v.blend(0f, v.compare(LE, 0f));
+            }
+            v.intoMemorySegment(y, o, NATIVE);
+            c += FL;
+            c = c == channels ? 0 : c;
         }
     }
 
