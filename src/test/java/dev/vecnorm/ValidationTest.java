@@ -21,7 +21,7 @@ class ValidationTest {
 
     static final TensorShape SHAPE = TensorShape.nchw(2, 3, 4, 5);
     static final int E = (int) SHAPE.elements();
-    static final float SENTINEL = -12345f;
+    static final float SENTINEL = Rejections.SENTINEL;
 
     Arena arena;
     BatchNorm bn;
@@ -49,25 +49,12 @@ class ValidationTest {
     }
 
     private MemorySegment sentinel(int floats) {
-        float[] v = new float[floats];
-        Arrays.fill(v, SENTINEL);
-        return Segments.of(arena, v);
-    }
-
-    private void assertUntouched(MemorySegment... outputs) {
-        for (MemorySegment s : outputs) {
-            for (float f : Segments.toArray(s)) {
-                assertEquals(SENTINEL, f, "an output was written before the exception");
-            }
-        }
+        return Rejections.sentinel(arena, floats);
     }
 
     private void rejects(Class<? extends RuntimeException> type, Executable call, String... words) {
-        RuntimeException e = assertThrows(type, call);
-        for (String w : words) {
-            assertTrue(e.getMessage().contains(w), "message '" + e.getMessage() + "' lacks '" + w + "'");
-        }
-        assertUntouched(y, mean, var, dx, dgamma, dbeta);
+        Rejections.rejects(type, call, words);
+        Rejections.assertUntouched(y, mean, var, dx, dgamma, dbeta);
     }
 
     @Test
@@ -224,7 +211,7 @@ class ValidationTest {
         assertTrue(e.getMessage().contains("got 1"), e.getMessage());
         assertThrows(IllegalArgumentException.class,
                 () -> single.updateRunningStatistics(gamma, beta, mean, var));
-        assertUntouched(y3, mean, var);
+        Rejections.assertUntouched(y3, mean, var);
         // Inference with M = 1 is fine.
         single.forwardInference(x3, null, null, Segments.of(arena, new float[] {1, 2, 3}),
                 Segments.of(arena, new float[] {1, 1, 1}), y3);
@@ -288,7 +275,7 @@ class ValidationTest {
         rejects(IllegalArgumentException.class,
                 () -> relu.backwardWithFrozenStatistics(x, dy, y, gamma, mean, var, dx, x, dgamma, dbeta),
                 "dresidual:", "input x");
-        assertUntouched(dres);
+        Rejections.assertUntouched(dres);
     }
 
     @Test
