@@ -81,10 +81,17 @@ public final class BatchNormEngine {
      */
     private final long inUnit, outUnit, denseUnit;
     private final boolean dense;
+    /**
+     * NHWC: x is over twice the L3, so no part of it is still cached from the call's previous
+     * pass (or the producer's) and the row reductions read it from memory.
+     */
+    private final boolean fromMemory;
+    /** Tests: forces {@link #fromMemory} and the choice for accumulated ranges (null: none). */
+    private final Boolean fromMemoryOverride;
 
     public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
                            int parallelism, ExecutorService executor) {
-        this(kernels, shape, epsilon, parallelism, executor, null, 0, 0);
+        this(kernels, shape, epsilon, parallelism, executor, null, null, 0, 0);
     }
 
     /**
@@ -94,21 +101,21 @@ public final class BatchNormEngine {
     public BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
                            int parallelism, ExecutorService executor, long inStride,
                            long outStride) {
-        this(kernels, shape, epsilon, parallelism, executor, null, inStride, outStride);
+        this(kernels, shape, epsilon, parallelism, executor, null, null, inStride, outStride);
     }
 
     /**
-     * Tests: {@code blockOverride} forces the channels per NCHW block, 0 for two passes (null:
-     * from the cache sizes).
+     * Tests: {@code blockOverride} forces the channels per NCHW block, 0 for two passes, and
+     * {@code fromMemoryOverride} the NHWC row walk (null: from the cache sizes).
      */
     BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon, int parallelism,
-                    ExecutorService executor, Integer blockOverride) {
-        this(kernels, shape, epsilon, parallelism, executor, blockOverride, 0, 0);
+                    ExecutorService executor, Integer blockOverride, Boolean fromMemoryOverride) {
+        this(kernels, shape, epsilon, parallelism, executor, blockOverride, fromMemoryOverride, 0, 0);
     }
 
     private BatchNormEngine(BatchNormKernels kernels, TensorShape shape, float epsilon,
                             int parallelism, ExecutorService executor, Integer blockOverride,
-                            long inStride, long outStride) {
+                            Boolean fromMemoryOverride, long inStride, long outStride) {
         if ((long) shape.batch() * shape.channels() > Integer.MAX_VALUE / 2) {
             // Planes and per-plane partial sums are counted and indexed with ints.
             throw new IllegalArgumentException("shape: expected batch * channels <= "
@@ -142,6 +149,17 @@ public final class BatchNormEngine {
                     : (int) Math.min(fits, Math.ceilDiv(channels, this.workers.parallelism()));
         }
         this.channelBlock = block;
+        this.fromMemoryOverride = fromMemoryOverride;
+        this.fromMemory = fromMemory(units * inUnit);
+    }
+
+    /**
+     * Whether NHWC rows of x spanning {@code bytes} stream from memory: more than twice the L3,
+     * so no pass finds much of them still cached (PERFORMANCE.md, NHWC statistics from memory).
+     */
+    private boolean fromMemory(long bytes) {
+        return fromMemoryOverride != null ? fromMemoryOverride
+                : !nchw && bytes > 2 * CacheSizes.machine().l3();
     }
 
     /** The kernels this engine calls. */
@@ -260,7 +278,7 @@ public final class BatchNormEngine {
     /** Statistics of chunk k: rows [start(k), start(k + 1)). */
     private void rowMoments(Scratch w, int k) {
         kernels.rowMoments(w.x, channels, inUnit, start(k), start(k + 1), 0, channels, w.shift[k], w.s1[k],
-                w.s2[k]);
+                w.s2[k], fromMemory);
     }
 
     /** Transform task t of {@link #planeTasks()}. */
@@ -294,7 +312,7 @@ public final class BatchNormEngine {
 
     private void rowGradientSums(Scratch w, int k) {
         kernels.rowGradientSums(w.x, w.dy, channels, inUnit, w.dyUnit, start(k), start(k + 1), 0,
-                channels, w.meanD, w.s1[k], w.s2[k]);
+                channels, w.meanD, w.s1[k], w.s2[k], fromMemory);
     }
 
     /**
@@ -478,7 +496,8 @@ public final class BatchNormEngine {
                                 spatial, shift[c], null, s1, s2, c);
                     }
                 } else {
-                    kernels.rowMoments(x, channels, inUnit, a, b, 0, channels, shift, s1, s2);
+                    kernels.rowMoments(x, channels, inUnit, a, b, 0, channels, shift, s1, s2,
+                            fromMemory((to - from) * inUnit));
                 }
                 w.part.reset();
                 w.part.mergeShiftedSums(0, channels, (b - a) * (nchw ? spatial : 1), shift, s1, s2);
@@ -513,7 +532,7 @@ public final class BatchNormEngine {
                     }
                 } else {
                     kernels.rowGradientSums(x, dy, channels, inUnit, outUnit, a, b, 0, channels,
-                            meanD, s1, s2);
+                            meanD, s1, s2, fromMemory((to - from) * inUnit));
                 }
                 for (int c = 0; c < channels; c++) {
                     sumDy[c] += s1[c];

@@ -137,10 +137,19 @@ public interface BatchNormKernels {
     /**
      * Per-channel shifted sums over rows [row0, row1), each channel adding its rows in order:
      * {@code s1[c] = sum(x - shift[c])}, {@code s2[c] = sum((x - shift[c])^2)}; overwrites
-     * entries c0..c1-1. Row r is at byte {@code r * xRow}.
+     * entries c0..c1-1. Row r is at byte {@code r * xRow}. {@code fromMemory}: x streams from
+     * memory, not from a cache, and the rows are read one at a time (one sequential stream)
+     * rather than four per accumulator load (four streams a row apart, which the prefetchers
+     * follow less well: PERFORMANCE.md); the same bits either way.
      */
     void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0, int c1,
-                    double[] shift, double[] s1, double[] s2);
+                    double[] shift, double[] s1, double[] s2, boolean fromMemory);
+
+    /** {@code rowMoments} of x from a cache. */
+    default void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
+                            int c1, double[] shift, double[] s1, double[] s2) {
+        rowMoments(x, channels, xRow, row0, row1, c0, c1, shift, s1, s2, false);
+    }
 
     /** {@link #rowMoments(MemorySegment, int, long, long, long, int, int, double[], double[], double[])} of dense rows. */
     default void rowMoments(MemorySegment x, int channels, long row0, long row1, int c0, int c1,
@@ -174,10 +183,18 @@ public interface BatchNormKernels {
     /**
      * Per-channel gradient sums over rows [row0, row1): {@code sumDy[c] = sum(dy)},
      * {@code sumDyXmu[c] = sum((x - mean[c]) * dy)}; overwrites entries c0..c1-1.
+     * {@code fromMemory} as for {@code rowMoments}.
      */
     void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow, long dyRow,
                          long row0, long row1, int c0, int c1, double[] mean, double[] sumDy,
-                         double[] sumDyXmu);
+                         double[] sumDyXmu, boolean fromMemory);
+
+    /** {@code rowGradientSums} of x and dy from a cache. */
+    default void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
+                                 long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                                 double[] sumDy, double[] sumDyXmu) {
+        rowGradientSums(x, dy, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu, false);
+    }
 
     /** The dense form of the strided {@code rowGradientSums}. */
     default void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long row0, long row1,

@@ -163,7 +163,7 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
-                           int c1, double[] shift, double[] s1, double[] s2) {
+                           int c1, double[] shift, double[] s1, double[] s2, boolean fromMemory) {
         for (int c = c0; c < c1; c++) {
             s1[c] = 0;
             s2[c] = 0;
@@ -194,7 +194,7 @@ public final class ScalarKernels implements BatchNormKernels {
     @Override
     public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
                                 long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu) {
+                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
         for (int c = c0; c < c1; c++) {
             sumDy[c] = 0;
             sumDyXmu[c] = 0;

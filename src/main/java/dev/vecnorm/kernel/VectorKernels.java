@@ -104,8 +104,8 @@ final class VectorKernels implements BatchNormKernels {
 
     @Override
     public void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
-                           int c1, double[] shift, double[] s1, double[] s2) {
-        VectorReductions.rowMoments(x, channels, xRow, row0, row1, c0, c1, shift, s1, s2);
+                           int c1, double[] shift, double[] s1, double[] s2, boolean fromMemory) {
+        VectorReductions.rowMoments(x, channels, xRow, row0, row1, c0, c1, shift, s1, s2, fromMemory);
     }
 
     @Override
@@ -118,8 +118,8 @@ final class VectorKernels implements BatchNormKernels {
     @Override
     public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
                                 long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu) {
-        VectorReductions.rowGradientSums(x, dy, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu);
+                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
+        VectorReductions.rowGradientSums(x, dy, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu, fromMemory);
     }
 
     @Override

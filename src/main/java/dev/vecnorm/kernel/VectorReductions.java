@@ -349,20 +349,22 @@ final class VectorReductions {
      * NHWC reductions walk rows in memory order, {@code ROWS} at a time: per vector of channels
      * the accumulators are loaded once, take the four rows in order, and are stored back, so the
      * accumulator traffic is a quarter of the data's and the walk is four sequential streams a
-     * row apart, which the prefetchers follow. Any channel count takes the same loop; the
+     * row apart, which the prefetchers follow from the caches. From memory they follow one stream
+     * better, so there ({@code fromMemory}) the rows go one at a time; each channel still adds its
+     * rows in order, so the bits are the same. Any channel count takes the same loop; the
      * accumulators (16 bytes a channel) stay in L1 up to a few thousand channels.
      */
     private static final int ROWS = 4;
 
     /** {@link BatchNormKernels#rowMoments}. */
     static void rowMoments(MemorySegment x, int channels, long xRow, long row0, long row1, int c0,
-                           int c1, double[] shift, double[] s1, double[] s2) {
+                           int c1, double[] shift, double[] s1, double[] s2, boolean fromMemory) {
         java.util.Arrays.fill(s1, c0, c1, 0.0);
         java.util.Arrays.fill(s2, c0, c1, 0.0);
         long rb = xRow;
         int vectorEnd = c0 + (c1 - c0) / DL * DL;
         long r = row0;
-        for (; r + ROWS <= row1; r += ROWS) {
+        for (; r + ROWS <= row1 && !fromMemory; r += ROWS) {
             long base = r * rb;
             for (int c = c0; c < vectorEnd; c += DL) {
                 long o = base + 4L * c;
@@ -406,13 +408,13 @@ final class VectorReductions {
     /** {@link BatchNormKernels#rowGradientSums}: the walk of {@link #rowMoments}. */
     static void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
                                 long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu) {
+                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
         java.util.Arrays.fill(sumDy, c0, c1, 0.0);
         java.util.Arrays.fill(sumDyXmu, c0, c1, 0.0);
         long rb = xRow, db = dyRow;
         int vectorEnd = c0 + (c1 - c0) / DL * DL;
         long r = row0;
-        for (; r + ROWS <= row1; r += ROWS) {
+        for (; r + ROWS <= row1 && !fromMemory; r += ROWS) {
             long base = r * rb, dbase = r * db;
             for (int c = c0; c < vectorEnd; c += DL) {
                 long o = base + 4L * c, od = dbase + 4L * c;

@@ -10,11 +10,12 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 
 /**
- * The NHWC reductions walk rows four at a time, vectors of channels and then the channels past
- * the last full vector one by one, and a remainder of rows one at a time. Each must give the
- * bits of the scalar kernels (one double accumulator per channel, rows added in order), on row
- * ranges that start and end anywhere and on channel ranges inside the row; the engine's chunks
- * are short on test-sized tensors, so this calls the kernels directly.
+ * The NHWC reductions walk rows four at a time (from the caches) or one at a time (x from
+ * memory), vectors of channels and then the channels past the last full vector one by one, and
+ * a remainder of rows one at a time. Both walks must give the bits of the scalar kernels (one
+ * double accumulator per channel, rows added in order), on row ranges that start and end
+ * anywhere and on channel ranges inside the row; the engine's chunks are short on test-sized
+ * tensors, so this calls the kernels directly.
  */
 class RowReductionTest {
 
@@ -23,22 +24,22 @@ class RowReductionTest {
 
     @ParameterizedTest(name = "channels {0}, rows [{1}, {2}), channels [{3}, {4})")
     @CsvSource({
-        "64, 3, 700, 0, 64",        // one register group, blocks of 512 rows
-        "128, 3, 1200, 0, 128",     // blocks of 256 rows: 4 full, 1 partial
-        "128, 65600, 66000, 0, 128",    // ... read-ahead in blocks of 14 and 8 rows (x 34 MB)
-        "128, 33000, 33300, 0, 128",    // ... in the gradient sums only (x 17 MB, x and dy 34 MB)
-        "200, 1, 800, 0, 200",      // three groups in blocks of 163 rows, 8 channels in row blocks
-        "256, 5, 400, 0, 256",      // blocks of 128 rows
-        "256, 16380, 16800, 0, 256",    // ... with the read-ahead, blocks of 7 and 4 rows
-        "256, 9600, 10000, 0, 256",     // ... in the gradient sums only (x 10 MB, x and dy 20 MB)
-        "300, 2, 600, 0, 300",      // 4 groups in blocks, 44 channels in row blocks (vector + tail)
-        "300, 14000, 14300, 0, 300",    // ... with the read-ahead, blocks of 5 and 3 rows
-        "384, 11000, 11203, 40, 380",   // read-ahead from channel 40: 5 groups, 20 channels left
-        "512, 7, 200, 0, 512",      // blocks of 64 rows
-        "512, 8200, 8400, 0, 512",      // ... with the read-ahead (gradient sums: 192 + 8 rows)
-        "512, 8250, 8400, 64, 451",     // a channel range inside the row: 6 groups, 3 left over
-        "1024, 1, 30, 0, 1024",     // row blocks of 8 over 29 rows
-        "1100, 0, 19, 0, 1100",     // ... with 12 channels past the last full vector
+        "64, 3, 700, 0, 64",
+        "128, 3, 1200, 0, 128",
+        "128, 65600, 66000, 0, 128",
+        "128, 33000, 33300, 0, 128",
+        "200, 1, 800, 0, 200",
+        "256, 5, 400, 0, 256",
+        "256, 16380, 16800, 0, 256",
+        "256, 9600, 10000, 0, 256",
+        "300, 2, 600, 0, 300",
+        "300, 14000, 14300, 0, 300",
+        "384, 11000, 11203, 40, 380",
+        "512, 7, 200, 0, 512",
+        "512, 8200, 8400, 0, 512",
+        "512, 8250, 8400, 64, 451",
+        "1024, 1, 30, 0, 1024",
+        "1100, 0, 19, 0, 1100",
     })
     void reductionsGiveTheScalarBits(int channels, long row0, long row1, int c0, int c1) {
         try (Arena arena = Arena.ofConfined()) {
@@ -55,25 +56,28 @@ class RowReductionTest {
             for (int c = 0; c < channels; c++) {
                 shift[c] = x.getAtIndex(ValueLayout.JAVA_FLOAT, row0 * channels + c);
             }
-            double[][] v = sums(VECTOR, x, dy, channels, row0, row1, c0, c1, shift);
-            double[][] s = sums(SCALAR, x, dy, channels, row0, row1, c0, c1, shift);
+            double[][] s = sums(SCALAR, x, dy, channels, row0, row1, c0, c1, shift, false);
             String[] names = {"moments s1", "moments s2", "sumDy", "sumDyXmu"};
-            for (int i = 0; i < v.length; i++) {
-                assertArrayEquals(s[i], v[i], VECTOR.description() + ": " + names[i]);
+            for (boolean fromMemory : new boolean[] {false, true}) {
+                double[][] v = sums(VECTOR, x, dy, channels, row0, row1, c0, c1, shift, fromMemory);
+                for (int i = 0; i < v.length; i++) {
+                    assertArrayEquals(s[i], v[i], VECTOR.description() + ", from memory " + fromMemory + ": " + names[i]);
+                }
             }
         }
     }
 
     private static double[][] sums(BatchNormKernels k, MemorySegment x, MemorySegment dy,
                                    int channels, long row0, long row1, int c0, int c1,
-                                   double[] shift) {
+                                   double[] shift, boolean fromMemory) {
         // Arrays start as NaN: the kernels must overwrite [c0, c1) and leave the rest alone.
         double[][] out = new double[4][channels];
         for (double[] a : out) {
             java.util.Arrays.fill(a, Double.NaN);
         }
-        k.rowMoments(x, channels, row0, row1, c0, c1, shift, out[0], out[1]);
-        k.rowGradientSums(x, dy, channels, row0, row1, c0, c1, shift, out[2], out[3]);
+        k.rowMoments(x, channels, 4L * channels, row0, row1, c0, c1, shift, out[0], out[1], fromMemory);
+        k.rowGradientSums(x, dy, channels, 4L * channels, 4L * channels, row0, row1, c0, c1, shift,
+                out[2], out[3], fromMemory);
         return out;
     }
 }

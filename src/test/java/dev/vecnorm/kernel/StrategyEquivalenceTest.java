@@ -39,7 +39,7 @@ class StrategyEquivalenceTest {
         for (Integer block : new Integer[] {null, 0, 1, 2, 4, c}) {
             for (int threads : new int[] {1, 4}) {
                 BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
-                        threads, POOL, block);
+                        threads, POOL, block, null);
                 float[][] r = run(engine, shape, e);
                 if (results == null) {
                     results = r;
@@ -47,6 +47,35 @@ class StrategyEquivalenceTest {
                     for (int i = 0; i < r.length; i++) {
                         assertArrayEquals(results[i], r[i], 0f, "output " + i + " block=" + block
                                 + " threads=" + threads + " " + shape);
+                    }
+                }
+            }
+        }
+    }
+
+    /**
+     * NHWC: the row reductions take four rows per accumulator load, or one row at a time when x
+     * streams from memory (over twice the L3, so never on test-sized tensors unless forced); both
+     * walks, with one and four threads, must give the same bits, also for the statistics
+     * accumulated in parts.
+     */
+    @ParameterizedTest
+    @CsvSource({"3, 5, 49", "4, 64, 37", "2, 48, 1000", "1, 300, 70"})
+    void bothRowWalksGiveTheSameBits(int n, int c, long spatial) {
+        TensorShape shape = new TensorShape(n, c, spatial, dev.vecnorm.Layout.NHWC);
+        long e = shape.elements();
+        float[][] results = null;
+        for (Boolean fromMemory : new Boolean[] {null, false, true}) {
+            for (int threads : new int[] {1, 4}) {
+                BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
+                        threads, POOL, null, fromMemory);
+                float[][] r = run(engine, shape, e);
+                if (results == null) {
+                    results = r;
+                } else {
+                    for (int i = 0; i < r.length; i++) {
+                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " fromMemory="
+                                + fromMemory + " threads=" + threads + " " + shape);
                     }
                 }
             }
@@ -82,10 +111,24 @@ class StrategyEquivalenceTest {
             MemorySegment adx = arena.allocate(4 * e);
             engine.backward(x, dy, y, null, mean, var, rdx, null, rdg, rdb, false);
             engine.backward(x, dy, y, null, mean, var, adx, rdres, null, null, false);
+            // The statistics accumulated in two parts, and the gradient sums of the first part.
+            ChannelMoments parts = new ChannelMoments(c);
+            long units = engine.units(), half = units / 2;
+            engine.accumulate(x, 0, half, parts);
+            engine.accumulate(x, half, units, parts);
+            double[] sumDy = new double[c], sumDyXmu = new double[c];
+            engine.accumulateGradient(x, dy, mean, 0, Math.max(1, half), sumDy, sumDyXmu);
+            float[] accumulated = new float[4 * c];
+            for (int ch = 0; ch < c; ch++) {
+                accumulated[ch] = (float) parts.mean(ch);
+                accumulated[c + ch] = (float) parts.m2(ch);
+                accumulated[2 * c + ch] = (float) sumDy[ch];
+                accumulated[3 * c + ch] = (float) sumDyXmu[ch];
+            }
             ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
             return new float[][] {y.toArray(f), mean.toArray(f), var.toArray(f), dx.toArray(f),
                 dg.toArray(f), db.toArray(f), fdx.toArray(f), fdg.toArray(f), rdx.toArray(f),
-                rdg.toArray(f), rdb.toArray(f), adx.toArray(f), rdres.toArray(f)};
+                rdg.toArray(f), rdb.toArray(f), adx.toArray(f), rdres.toArray(f), accumulated};
         }
     }
 }
