@@ -40,15 +40,8 @@ class StrategyEquivalenceTest {
             for (int threads : new int[] {1, 4}) {
                 BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
                         threads, POOL, block, null);
-                float[][] r = run(engine, shape, e);
-                if (results == null) {
-                    results = r;
-                } else {
-                    for (int i = 0; i < r.length; i++) {
-                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " block=" + block
-                                + " threads=" + threads + " " + shape);
-                    }
-                }
+                results = sameBits(results, run(engine, shape, e),
+                        "block=" + block + " threads=" + threads + " " + shape);
             }
         }
     }
@@ -69,17 +62,21 @@ class StrategyEquivalenceTest {
             for (int threads : new int[] {1, 4}) {
                 BatchNormEngine engine = new BatchNormEngine(KernelProvider.kernels(), shape, 1e-3f,
                         threads, POOL, null, fromMemory);
-                float[][] r = run(engine, shape, e);
-                if (results == null) {
-                    results = r;
-                } else {
-                    for (int i = 0; i < r.length; i++) {
-                        assertArrayEquals(results[i], r[i], 0f, "output " + i + " fromMemory="
-                                + fromMemory + " threads=" + threads + " " + shape);
-                    }
-                }
+                results = sameBits(results, run(engine, shape, e),
+                        "fromMemory=" + fromMemory + " threads=" + threads + " " + shape);
             }
         }
+    }
+
+    /** The first run's outputs, after asserting that {@code r} has their bits (if there were any). */
+    private static float[][] sameBits(float[][] first, float[][] r, String label) {
+        if (first == null) {
+            return r;
+        }
+        for (int i = 0; i < r.length; i++) {
+            assertArrayEquals(first[i], r[i], 0f, "output " + i + " " + label);
+        }
+        return first;
     }
 
     private static float[][] run(BatchNormEngine engine, TensorShape shape, long e) {
