@@ -158,8 +158,12 @@ public final class BatchNormEngine {
      * so no pass finds much of them still cached (PERFORMANCE.md, NHWC statistics from memory).
      */
     private boolean fromMemory(long bytes) {
-        return fromMemoryOverride != null ? fromMemoryOverride
-                : !nchw && bytes > 2 * CacheSizes.machine().l3();
+        return fromMemoryOverride != null ? fromMemoryOverride : !nchw && streamsFromMemory(bytes);
+    }
+
+    /** Whether {@code bytes} of a tensor are over twice the L3: no pass finds much of them cached. */
+    static boolean streamsFromMemory(long bytes) {
+        return bytes > 2 * CacheSizes.machine().l3();
     }
 
     /** The kernels this engine calls. */

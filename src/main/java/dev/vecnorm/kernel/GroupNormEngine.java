@@ -38,6 +38,8 @@ public final class GroupNormEngine {
     private final Workers workers;
     /** NHWC: chunks per image (see the class comment). */
     private final int chunks;
+    /** NHWC: x streams from memory, and the row reductions take one row at a time. */
+    private final boolean fromMemory;
 
     public GroupNormEngine(BatchNormKernels kernels, TensorShape shape, int groups, float epsilon,
                            int parallelism, ExecutorService executor) {
@@ -58,6 +60,7 @@ public final class GroupNormEngine {
                 : parallelism, executor);
         long wanted = Math.ceilDiv(spatial * channels, BatchNormEngine.CHUNK_ELEMENTS);
         this.chunks = nchw ? 1 : (int) Math.max(1, Math.min(Math.min(wanted, BatchNormEngine.MAX_CHUNKS), spatial));
+        this.fromMemory = !nchw && BatchNormEngine.streamsFromMemory(4 * shape.elements());
     }
 
     /** The kernels this engine calls. */
@@ -168,8 +171,8 @@ public final class GroupNormEngine {
     /** NHWC task (image, chunk): each channel's shifted sums over the chunk's pixels. */
     private void chunkMoments(Scratch w, int t) {
         int img = t / chunks, k = t % chunks;
-        kernels.rowMoments(w.x, channels, row(img, k), row(img, k + 1), 0, channels, w.shift[img],
-                w.cs1[t], w.cs2[t]);
+        kernels.rowMoments(w.x, channels, 4L * channels, row(img, k), row(img, k + 1), 0, channels,
+                w.shift[img], w.cs1[t], w.cs2[t], fromMemory);
     }
 
     /** NHWC task: image img's chunks merged per channel, then its groups, then its parameters. */
@@ -361,8 +364,8 @@ public final class GroupNormEngine {
     /** NHWC task (image, chunk): per-channel gradient sums about each channel's group mean. */
     private void chunkGradientSums(Scratch w, int t) {
         int img = t / chunks, k = t % chunks;
-        kernels.rowGradientSums(w.x, w.dy, channels, row(img, k), row(img, k + 1), 0, channels,
-                w.shift[img], w.cs1[t], w.cs2[t]);
+        kernels.rowGradientSums(w.x, w.dy, channels, 4L * channels, 4L * channels, row(img, k),
+                row(img, k + 1), 0, channels, w.shift[img], w.cs1[t], w.cs2[t], fromMemory);
     }
 
     /** NHWC task: image img's chunk sums added in chunk order, then its groups' coefficients. */
