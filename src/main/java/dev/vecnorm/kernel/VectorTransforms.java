@@ -333,6 +333,12 @@ final class VectorTransforms {
                                  float[] a, float[] b, float[] c) {
         // Without x (the frozen form) only the general loop: no measured need for the others.
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
+        long rowBytes = 4L * channels;
+        if (channels <= WIDE_ROW_CHANNELS && x != null && c0 == 0 && c1 == channels
+                && channels % FL == 0 && inRow == rowBytes && outRow == rowBytes) {
+            gradientStream(x, dy, y, dx, dres, channels, row0, row1, mean, a, b, c);
+            return;
+        }
         if (channels > WIDE_ROW_CHANNELS && x != null && inRow == outRow) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
             gradientInputRows4(x, dy, y, dx, dres, inRow, row0, blocked, c0, c1, mean, a, b, c);
@@ -380,6 +386,37 @@ final class VectorTransforms {
             for (; ch < c1; ch++) {
                 ScalarKernels.gradientInput(x, dy, y, dx, dres, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
+        }
+    }
+
+    /**
+     * Dense whole rows as one stream of vectors in memory order, the coefficients' index wrapping
+     * at each row's end, as {@link #rowStream} does for y: rows of a few vectors no longer pay an
+     * inner loop's entry and exit per row.
+     */
+    private static void gradientStream(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                       MemorySegment dx, MemorySegment dres, int channels,
+                                       long row0, long row1, float[] mean, float[] a, float[] b,
+                                       float[] c) {
+        long rowBytes = 4L * channels;
+        int ch = 0;
+        for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
+            FloatVector m = FloatVector.fromArray(FLOATS, mean, ch);
+            FloatVector av = FloatVector.fromArray(FLOATS, a, ch);
+            FloatVector bv = FloatVector.fromArray(FLOATS, b, ch);
+            FloatVector cv = FloatVector.fromArray(FLOATS, c, ch);
+            FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
+            if (y != null) {
+                g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
+            }
+            if (dres != null) {
+                g.intoMemorySegment(dres, o, NATIVE);
+            }
+            FloatVector v = g.lanewise(FMA, av, cv);
+            v = FloatVector.fromMemorySegment(FLOATS, x, o, NATIVE).lanewise(SUB, m).lanewise(FMA, bv, v);
+            v.intoMemorySegment(dx, o, NATIVE);
+            ch += FL;
+            ch = ch == channels ? 0 : ch;
         }
     }
 

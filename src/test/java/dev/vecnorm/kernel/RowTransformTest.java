@@ -12,16 +12,16 @@ import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * The NHWC transforms (y, and dx of backward) take different loops by channel count, by range
- * and by whether y is x: whole dense rows whose channels are a multiple of the vector run y out
- * of place as one stream of vectors; from 1024 channels y in place, and above 1024 dx, load
- * their parameter vectors once for four rows; everything else (a channel range, a remainder of
- * channels, every other width) is a row at a time. Each is elementwise, so each must give the
- * scalar kernels' bits, and write exactly rows [row0, row1) x channels [c0, c1): the outputs
- * start as NaN with a payload (in place: as x), and everything outside the range must still
- * hold it. The row ranges start off a block boundary and end in a partial block; channel ranges
- * inside the row take the general loops. The fused forms (residual and ReLU, also over the
- * residual in place; dx with the mask and dresidual, and without x as the frozen backward) go
- * through the same loops.
+ * and by whether y is x: whole dense rows whose channels are a multiple of the vector run as one
+ * stream of vectors (y out of place; dx up to 1024 channels); from 1024 channels y in place, and
+ * above 1024 dx, load their parameter vectors once for four rows; everything else (a channel
+ * range, a remainder of channels, every other width) is a row at a time. Each is elementwise, so
+ * each must give the scalar kernels' bits, and write exactly rows [row0, row1) x channels
+ * [c0, c1): the outputs start as NaN with a payload (in place: as x), and everything outside the
+ * range must still hold it. The row ranges start off a block boundary and end in a partial
+ * block; channel ranges inside the row take the general loops. The fused forms (residual and
+ * ReLU, also over the residual in place; dx with the mask and dresidual, and without x as the
+ * frozen backward) go through the same loops.
  */
 class RowTransformTest {
 
@@ -32,12 +32,12 @@ class RowTransformTest {
 
     @ParameterizedTest(name = "channels {0}, rows [{1}, {2}), channels [{3}, {4})")
     @CsvSource({
-        "64, 3, 70, 0, 64",         // the stream, a row is 4 vectors at 512 bits
+        "64, 3, 70, 0, 64",         // the streams, a row is 4 vectors at 512 bits
         "128, 1, 40, 0, 128",       // ... 8 vectors
-        "512, 0, 19, 0, 512",       // the stream over 19 rows
+        "512, 0, 19, 0, 512",       // the streams over 19 rows
         "512, 2, 21, 64, 451",      // a channel range: the general loops
-        "1024, 1, 12, 0, 1024",     // y: the stream, or in place 4 rows per parameter load
-                                    // (2 blocks, then 3 rows); dx a row at a time
+        "1024, 1, 12, 0, 1024",     // y and dx: the streams; y in place 4 rows per parameter
+                                    // load (2 blocks, then 3 rows)
         "1030, 3, 10, 0, 1030",     // y and dx 4 rows per load; 6 channels past the last full
                                     // 512-bit vector
         "2048, 0, 4, 5, 2043",      // one block of 4 rows over a channel range
