@@ -198,10 +198,27 @@ public final class BatchNormEngine {
     public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
                                 MemorySegment beta, ChannelMoments given, MemorySegment y,
                                 MemorySegment mean, MemorySegment variance, boolean relu) {
+        forwardTraining(x, residual, gamma, beta, given, y, mean, variance, relu, null);
+    }
+
+    /**
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * ChannelMoments, MemorySegment, MemorySegment, MemorySegment, boolean)} that also writes
+     * the ReLU's mask into {@code ws} (see {@link ReluMask}; null: none), from the transform's
+     * loops (a word of bits per 64 elements, kept in a register until complete).
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, ChannelMoments given, MemorySegment y,
+                                MemorySegment mean, MemorySegment variance, boolean relu,
+                                MemorySegment ws) {
         Scratch w = scratch.acquire();
         try {
             w.residual = residual;
             w.relu = relu;
+            w.ws = ws;
+            if (ws != null) {
+                ws.fill((byte) 0);                 // the partial words are ORed into zeros
+            }
             channelVector(gamma, 1f, w.g);
             channelVector(beta, 0f, w.b);
             w.x = x;
@@ -258,8 +275,8 @@ public final class BatchNormEngine {
         double[] lanes = w.lanes[k];
         for (long img = start(k); img < start(k + 1); img++) {
             for (int c = 0; c < channels; c++) {
-                kernels.channelGradientSums(w.x, w.dy, plane(img, c, inUnit), 0,
-                        plane(img, c, w.dyUnit), 0, 1, spatial,
+                kernels.channelGradientSums(w.x, w.dy, w.ws, plane(img, c, inUnit), 0,
+                        plane(img, c, w.dyUnit), 0, (img * channels + c) * spatial, 0, 1, spatial,
                         w.meanD[c], lanes, null, null, c);
             }
         }
@@ -289,14 +306,14 @@ public final class BatchNormEngine {
     private void planeNormalize(Scratch w, int t) {
         int tasks = planeTasks(), p0 = planeBoundary(t, tasks), p1 = planeBoundary(t + 1, tasks);
         if (dense) {
-            kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial, p0, p1,
-                    w.tMu, w.tScale, w.tOffset);
+            kernels.planesNormalize(w.in, w.residual, w.out, w.ws, w.relu, channels, spatial, 0, 0,
+                    p0, p1, w.tMu, w.tScale, w.tOffset);
             return;
         }
         // A view: image by image, each shifted to where the view holds it.
         for (int p = p0; p < p1; ) {
             int img = p / channels, q = Math.min(p1, (img + 1) * channels);
-            kernels.planesNormalize(w.in, w.residual, w.out, w.relu, channels, spatial,
+            kernels.planesNormalize(w.in, w.residual, w.out, w.ws, w.relu, channels, spatial,
                     shift(img, w.tInUnit), shift(img, w.tOutUnit), p, q, w.tMu, w.tScale, w.tOffset);
             p = q;
         }
@@ -310,12 +327,12 @@ public final class BatchNormEngine {
     /** Transform task t of {@link #rowTasks()}. */
     private void rowNormalize(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowNormalize(w.in, w.residual, w.out, w.relu, channels, w.tInUnit, w.tOutUnit,
+        kernels.rowNormalize(w.in, w.residual, w.out, w.ws, w.relu, channels, w.tInUnit, w.tOutUnit,
                 m * t / tasks, m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale, w.tOffset);
     }
 
     private void rowGradientSums(Scratch w, int k) {
-        kernels.rowGradientSums(w.x, w.dy, channels, inUnit, w.dyUnit, start(k), start(k + 1), 0,
+        kernels.rowGradientSums(w.x, w.dy, w.ws, channels, inUnit, w.dyUnit, start(k), start(k + 1), 0,
                 channels, w.meanD, w.s1[k], w.s2[k], fromMemory);
     }
 
@@ -326,13 +343,13 @@ public final class BatchNormEngine {
     private void planeGradientInput(Scratch w, int t) {
         int tasks = planeTasks(), p0 = planeBoundary(t, tasks), p1 = planeBoundary(t + 1, tasks);
         if (dense) {
-            kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
-                    p0, p1, w.tMu, w.tScale, w.tOffset, w.tC);
+            kernels.planesGradientInput(w.in, w.dy, w.mask, w.ws, w.dx, w.dresidual, channels, spatial,
+                    0, 0, p0, p1, w.tMu, w.tScale, w.tOffset, w.tC);
             return;
         }
         for (int p = p0; p < p1; ) {
             int img = p / channels, q = Math.min(p1, (img + 1) * channels);
-            kernels.planesGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, spatial,
+            kernels.planesGradientInput(w.in, w.dy, w.mask, w.ws, w.dx, w.dresidual, channels, spatial,
                     shift(img, w.gxUnit), shift(img, w.gyUnit), p, q, w.tMu, w.tScale, w.tOffset, w.tC);
             p = q;
         }
@@ -340,7 +357,7 @@ public final class BatchNormEngine {
 
     private void rowGradientInput(Scratch w, int t) {
         int tasks = rowTasks();
-        kernels.rowGradientInput(w.in, w.dy, w.mask, w.dx, w.dresidual, channels, w.gxUnit,
+        kernels.rowGradientInput(w.in, w.dy, w.mask, w.ws, w.dx, w.dresidual, channels, w.gxUnit,
                 w.gyUnit, m * t / tasks, m * (t + 1) / tasks, 0, channels, w.tMu, w.tScale,
                 w.tOffset, w.tC);
     }
@@ -366,12 +383,15 @@ public final class BatchNormEngine {
             computeFar(w, w.x, c0, c1);
         }
         for (int img = 0; img < n; img++) {
-            kernels.planesNormalize(w.x, w.residual, w.y, w.relu, channels, spatial,
+            kernels.planesNormalize(w.x, w.residual, w.y, w.ws, w.relu, channels, spatial,
                     shift(img, inUnit), shift(img, outUnit), img * channels + c0,
                     img * channels + c1, w.mu, w.scale, w.offset);
         }
         if (fused) {
             writeFar(w, w.y, c0, c1);
+            if (w.ws != null) {
+                maskFar(w, w.y, c0, c1);
+            }
         } else if (far > 0) {
             finishFar(w, null, w.y, outUnit, c0, c1);
         }
@@ -627,8 +647,24 @@ public final class BatchNormEngine {
         transform(w, x, inUnit, y, outUnit, mu, scale, offset);
         if (fused) {
             writeFar(w, y, 0, channels);
+            if (w.ws != null) {
+                maskFar(w, y, 0, channels);
+            }
         } else if (far > 0) {
             finishFar(w, null, y, outUnit, 0, channels);
+        }
+    }
+
+    /**
+     * The mask bits of far channels in [c0, c1), from the y that {@link #writeFar} wrote over the
+     * kernels' (whose bits the kernels had written); atomic, as other blocks write their words.
+     */
+    private void maskFar(Scratch w, MemorySegment y, int c0, int c1) {
+        for (int c = c0; c < c1; c++) {
+            for (long j = 0; w.far[c] && j < m; j++) {
+                long e = nchw ? ((j / spatial) * channels + c) * spatial + j % spatial : j * channels + c;
+                ReluMask.set(w.ws, e, !(y.get(F32, elementOffset(c, j, outUnit)) <= 0f));
+            }
         }
     }
 
@@ -672,9 +708,32 @@ public final class BatchNormEngine {
                          MemorySegment mean, MemorySegment variance, MemorySegment dx,
                          MemorySegment dresidual, MemorySegment dgamma, MemorySegment dbeta,
                          boolean frozen) {
+        fusedBackward(x, dy, mask, null, gamma, mean, variance, dx, dresidual, dgamma, dbeta, frozen);
+    }
+
+    /**
+     * Backward of the fused ReLU forward that wrote the mask workspace {@code ws}: g = mask ? dy
+     * : +0 in place of dy, the values of {@link #backward(MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, boolean) the y form}, so the same bits, masked inside the
+     * gradient sums' and the dx pass's loops: each pass reads x, dy and 1/32 of a tensor of bits,
+     * as the plain backward's read x and dy (PERFORMANCE.md, the mask workspace).
+     */
+    public void backwardMasked(MemorySegment x, MemorySegment dy, MemorySegment ws,
+                               MemorySegment gamma, MemorySegment mean, MemorySegment variance,
+                               MemorySegment dx, MemorySegment dresidual, MemorySegment dgamma,
+                               MemorySegment dbeta) {
+        fusedBackward(x, dy, null, ws, gamma, mean, variance, dx, dresidual, dgamma, dbeta, false);
+    }
+
+    private void fusedBackward(MemorySegment x, MemorySegment dy, MemorySegment mask,
+                               MemorySegment ws, MemorySegment gamma, MemorySegment mean,
+                               MemorySegment variance, MemorySegment dx, MemorySegment dresidual,
+                               MemorySegment dgamma, MemorySegment dbeta, boolean frozen) {
         Scratch w = scratch.acquire();
         try {
             w.mask = mask;
+            w.ws = ws;
             w.dresidual = dresidual;
             backward(x, dy, gamma, mean, variance, dx, dgamma, dbeta, frozen, w);
         } finally {
@@ -759,21 +818,24 @@ public final class BatchNormEngine {
     private void backwardBlock(Scratch w, int blk) {
         int c0 = blk * channelBlock, c1 = Math.min(channels, c0 + channelBlock);
         double[] sumDy = w.sumDy, sumDyXmu = w.sumDyXmu;
-        MemorySegment dy = w.dy, mask = w.mask, dresidual = w.dresidual;
+        MemorySegment dy = w.dy, mask = w.mask, dresidual = w.dresidual, ws = w.ws;
         long dyUnit = outUnit;
-        if (w.sums && mask != null) {
+        if (w.sums && (mask != null || ws != null)) {
+            // The block is cached: g written once and read back by the plain (register) loops
+            // costs less than masking inside both (PERFORMANCE.md, the mask workspace).
             dy = maskedGradient(w, c0, c1);
             dyUnit = dresidual != null ? outUnit : inUnit;
             mask = null;
+            ws = null;
             dresidual = null;
         }
         for (int k = 0; w.sums && k < chunks; k++) {
             int images = (int) (start(k + 1) - start(k));
             double[] s1 = w.s1[k], s2 = w.s2[k];
             for (int c = c0; c < c1; c++) {
-                kernels.channelGradientSums(w.x, dy, plane(start(k), c, inUnit), inUnit,
-                        plane(start(k), c, dyUnit), dyUnit, images, spatial, w.meanD[c], null, s1,
-                        s2, c);
+                kernels.channelGradientSums(w.x, dy, ws, plane(start(k), c, inUnit), inUnit,
+                        plane(start(k), c, dyUnit), dyUnit, (start(k) * channels + c) * spatial,
+                        (long) channels * spatial, images, spatial, w.meanD[c], null, s1, s2, c);
                 sumDy[c] += s1[c];
                 sumDyXmu[c] += s2[c];
             }
@@ -782,7 +844,7 @@ public final class BatchNormEngine {
         int far = gradientCoefficients(w, c0, c1, withMean);
         for (int img = 0; img < n; img++) {
             int p0 = img * channels + c0, p1 = img * channels + c1;
-            kernels.planesGradientInput(withMean ? w.x : null, dy, mask, w.dx, dresidual,
+            kernels.planesGradientInput(withMean ? w.x : null, dy, mask, ws, w.dx, dresidual,
                     channels, spatial, shift(img, inUnit), shift(img, dyUnit), p0, p1, w.mu,
                     w.scale, w.offset, withMean ? w.b : w.zero);
         }
@@ -792,16 +854,20 @@ public final class BatchNormEngine {
     }
 
     /**
-     * Fused ReLU's gradient with sums to compute: g = (y <= 0 ? +0 : dy) of channels [c0, c1),
-     * written where dresidual = g goes (else into dx, which the dx pass then overwrites in
-     * place), as fma(g, 1, -0) = g, bit for bit; returns that segment. The gradient sums and dx
-     * then run the plain kernels over g: the same values as masking inside them, and one loop
-     * per reduction instead of two.
+     * Fused ReLU's gradient with sums to compute: g = (y <= 0 ? +0 : dy), or g = bit ? dy : +0
+     * from the workspace, of channels [c0, c1), written where dresidual = g goes (else into dx,
+     * which the dx pass then overwrites in place; from y as fma(g, 1, -0) = g, bit for bit);
+     * returns that segment. The gradient sums and dx then run the plain kernels over g: the
+     * same values as masking inside them, and one loop per reduction instead of two.
      */
     private MemorySegment maskedGradient(Scratch w, int c0, int c1) {
         MemorySegment g = w.dresidual != null ? w.dresidual : w.dx;
         long gUnit = w.dresidual != null ? outUnit : inUnit;
-        for (int img = 0; img < n; img++) {
+        for (int img = 0; w.ws != null && img < n; img++) {
+            kernels.maskedGradient(w.dy, plane(img, c0, outUnit), w.ws,
+                    ((long) img * channels + c0) * spatial, (c1 - c0) * spatial, g, plane(img, c0, gUnit));
+        }
+        for (int img = 0; w.ws == null && img < n; img++) {
             kernels.planesGradientInput(null, w.dy, w.mask, g, null, channels, spatial,
                     shift(img, gUnit), shift(img, outUnit), img * channels + c0,
                     img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
@@ -1124,6 +1190,8 @@ public final class BatchNormEngine {
          * backward's mask (the forward output; null without ReLU) and the residual's gradient.
          */
         MemorySegment residual, mask, dresidual;
+        /** The ReLU's mask workspace (see {@link ReluMask}): written by forward, read by backward. */
+        MemorySegment ws;
         boolean relu;
         /** The fused forward's far channels' outputs, between {@link #computeFar} and {@link #writeFar}. */
         final float[][] farValues;
@@ -1164,7 +1232,7 @@ public final class BatchNormEngine {
         @Override
         void endCall() {
             x = y = dy = dx = mean = variance = dgamma = dbeta = in = out = null;
-            residual = mask = dresidual = null;
+            residual = mask = dresidual = ws = null;
             relu = false;
             givenSums = false;
             java.util.Arrays.fill(farValues, null);

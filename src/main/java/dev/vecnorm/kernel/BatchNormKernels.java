@@ -69,9 +69,22 @@ public interface BatchNormKernels {
      * residual (a view's image in place of the dense one: nonzero shifts only for planes of one
      * image; in place only with equal shifts).
      */
-    void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                         int channels, long spatial, long xShift, long yShift, int p0, int p1,
-                         float[] mean, float[] scale, float[] offset);
+    default void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                                 int channels, long spatial, long xShift, long yShift, int p0, int p1,
+                                 float[] mean, float[] scale, float[] offset) {
+        planesNormalize(x, residual, y, null, relu, channels, spatial, xShift, yShift, p0, p1, mean,
+                scale, offset);
+    }
+
+    /**
+     * The shifted {@code planesNormalize} that, with {@code relu}, also writes the mask of y into
+     * the workspace {@code ws} (null: none): bits [4 p0 spatial, 4 p1 spatial) / 4, one per
+     * element in dense order (see {@link ReluMask}), words wholly inside the range stored and
+     * the partial words at its ends ORed in atomically (the workspace is zero there before).
+     */
+    void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, MemorySegment ws,
+                         boolean relu, int channels, long spatial, long xShift, long yShift, int p0,
+                         int p1, float[] mean, float[] scale, float[] offset);
 
     /** {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, long, long, int, int, float[], float[], float[])} of dense tensors. */
     default void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
@@ -91,9 +104,23 @@ public interface BatchNormKernels {
      * and tail ({@code sumDy[c]}), {@code (x - mean) * dy} to the second ({@code sumDyXmu[c]});
      * x's planes at {@code base + i * stride}, dy's at {@code dyBase + i * dyStride}.
      */
-    void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                             long dyBase, long dyStride, int planes, long spatial, double mean,
-                             double[] lanes, double[] sumDy, double[] sumDyXmu, int c);
+    default void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
+                                     long dyBase, long dyStride, int planes, long spatial,
+                                     double mean, double[] lanes, double[] sumDy,
+                                     double[] sumDyXmu, int c) {
+        channelGradientSums(x, dy, null, base, stride, dyBase, dyStride, 0, 0, planes, spatial,
+                mean, lanes, sumDy, sumDyXmu, c);
+    }
+
+    /**
+     * {@code channelGradientSums} of the masked gradient {@code g = bit ? dy : +0}, the bits read
+     * from the workspace {@code ws} (null: g = dy): plane i's element s is bit
+     * {@code bit + i * bitStride + s}.
+     */
+    void channelGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, long base,
+                             long stride, long dyBase, long dyStride, long bit, long bitStride,
+                             int planes, long spatial, double mean, double[] lanes, double[] sumDy,
+                             double[] sumDyXmu, int c);
 
     /** {@link #channelGradientSums(MemorySegment, MemorySegment, long, long, long, long, int, long, double, double[], double[], double[], int)} with dy laid out as x. */
     default void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
@@ -111,10 +138,22 @@ public interface BatchNormKernels {
      * {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, boolean, int, long, long, long, int, int, float[], float[], float[])},
      * x and dx are shifted by {@code xShift}, dy, y and dresidual by {@code yShift}.
      */
-    void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
-                             MemorySegment dresidual, int channels, long spatial, long xShift,
-                             long yShift, int p0, int p1, float[] mean, float[] a, float[] b,
-                             float[] c);
+    default void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                                     MemorySegment dresidual, int channels, long spatial, long xShift,
+                                     long yShift, int p0, int p1, float[] mean, float[] a, float[] b,
+                                     float[] c) {
+        planesGradientInput(x, dy, y, null, dx, dresidual, channels, spatial, xShift, yShift, p0, p1,
+                mean, a, b, c);
+    }
+
+    /**
+     * The shifted {@code planesGradientInput} with the mask also taken from the workspace
+     * {@code ws} (null: none), element e's bit (dense order) deciding {@code g = bit ? g : +0}.
+     */
+    void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment ws,
+                             MemorySegment dx, MemorySegment dresidual, int channels, long spatial,
+                             long xShift, long yShift, int p0, int p1, float[] mean, float[] a,
+                             float[] b, float[] c);
 
     /** The dense form of the shifted {@code planesGradientInput}. */
     default void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
@@ -162,9 +201,21 @@ public interface BatchNormKernels {
      * over rows [row0, row1), channels [c0, c1): x's rows {@code inRow} bytes apart, y's and the
      * residual's {@code outRow}.
      */
-    void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                      int channels, long inRow, long outRow, long row0, long row1, int c0, int c1,
-                      float[] mean, float[] scale, float[] offset);
+    default void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
+                              int channels, long inRow, long outRow, long row0, long row1, int c0,
+                              int c1, float[] mean, float[] scale, float[] offset) {
+        rowNormalize(x, residual, y, null, relu, channels, inRow, outRow, row0, row1, c0, c1, mean,
+                scale, offset);
+    }
+
+    /**
+     * The strided {@code rowNormalize} that also writes the mask into {@code ws} (null: none), as
+     * {@link #planesNormalize(MemorySegment, MemorySegment, MemorySegment, MemorySegment, boolean, int, long, long, long, int, int, float[], float[], float[])}:
+     * bits [row0 channels, row1 channels); with a workspace only whole rows (c0 = 0, c1 = channels).
+     */
+    void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, MemorySegment ws,
+                      boolean relu, int channels, long inRow, long outRow, long row0, long row1,
+                      int c0, int c1, float[] mean, float[] scale, float[] offset);
 
     /** The dense form of the strided {@code rowNormalize}. */
     default void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
@@ -185,9 +236,21 @@ public interface BatchNormKernels {
      * {@code sumDyXmu[c] = sum((x - mean[c]) * dy)}; overwrites entries c0..c1-1.
      * {@code fromMemory} as for {@code rowMoments}.
      */
-    void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow, long dyRow,
-                         long row0, long row1, int c0, int c1, double[] mean, double[] sumDy,
-                         double[] sumDyXmu, boolean fromMemory);
+    default void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
+                                 long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                                 double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
+        rowGradientSums(x, dy, null, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy,
+                sumDyXmu, fromMemory);
+    }
+
+    /**
+     * {@code rowGradientSums} of the masked gradient {@code g = bit ? dy : +0}, element
+     * {@code (r, c)}'s bit {@code r * channels + c} read from the workspace {@code ws} (null:
+     * g = dy).
+     */
+    void rowGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, int channels,
+                         long xRow, long dyRow, long row0, long row1, int c0, int c1, double[] mean,
+                         double[] sumDy, double[] sumDyXmu, boolean fromMemory);
 
     /** {@code rowGradientSums} of x and dy from a cache. */
     default void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
@@ -208,10 +271,19 @@ public interface BatchNormKernels {
      * over rows [row0, row1), channels [c0, c1): x's and dx's rows {@code inRow} bytes apart,
      * dy's, y's and dresidual's {@code outRow}.
      */
-    void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
-                          MemorySegment dresidual, int channels, long inRow, long outRow,
-                          long row0, long row1, int c0, int c1, float[] mean, float[] a,
-                          float[] b, float[] c);
+    default void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
+                                  MemorySegment dresidual, int channels, long inRow, long outRow,
+                                  long row0, long row1, int c0, int c1, float[] mean, float[] a,
+                                  float[] b, float[] c) {
+        rowGradientInput(x, dy, y, null, dx, dresidual, channels, inRow, outRow, row0, row1, c0, c1,
+                mean, a, b, c);
+    }
+
+    /** The strided {@code rowGradientInput} with the mask also taken from the workspace {@code ws}. */
+    void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment ws,
+                          MemorySegment dx, MemorySegment dresidual, int channels, long inRow,
+                          long outRow, long row0, long row1, int c0, int c1, float[] mean,
+                          float[] a, float[] b, float[] c);
 
     /** The dense form of the strided {@code rowGradientInput}. */
     default void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
@@ -227,6 +299,15 @@ public interface BatchNormKernels {
                                   float[] b, float[] c) {
         rowGradientInput(x, dy, null, dx, null, channels, row0, row1, c0, c1, mean, a, b, c);
     }
+    /**
+     * {@code g = bit ? dy : +0} for {@code count} contiguous floats, dy at byte {@code dyAt}, g at
+     * {@code gAt}, the bits from element {@code bit} of the workspace {@code ws} on: the values
+     * of {@code y <= 0 ? +0 : dy} where the bits are y's mask. For an NCHW channel block, whose
+     * g is then read back from the caches by the plain sums and dx.
+     */
+    void maskedGradient(MemorySegment dy, long dyAt, MemorySegment ws, long bit, long count,
+                        MemorySegment g, long gAt);
+
     // ---- Runs: n contiguous floats at byte offset off, the same offset in every tensor of a call
     //      (the rows of LayerNorm and RMSNorm; reductions over a run use channelMoments) ----
 

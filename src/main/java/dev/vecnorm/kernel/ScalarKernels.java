@@ -89,8 +89,15 @@ public final class ScalarKernels implements BatchNormKernels {
     static void gradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment dx,
                               MemorySegment dresidual, long xAt, long yAt, float mean, float a,
                               float b, float c) {
+        gradientInput(x, dy, y, null, 0, dx, dresidual, xAt, yAt, mean, a, b, c);
+    }
+
+    /** The same, also masked by element e's bit of the workspace {@code ws} (null: none). */
+    static void gradientInput(MemorySegment x, MemorySegment dy, MemorySegment y, MemorySegment ws,
+                              long e, MemorySegment dx, MemorySegment dresidual, long xAt, long yAt,
+                              float mean, float a, float b, float c) {
         float g = dy.get(F32, yAt);
-        if (y != null && y.get(F32, yAt) <= 0f) {
+        if (y != null && y.get(F32, yAt) <= 0f || ws != null && !ReluMask.passes(ws, e)) {
             g = 0f;
         }
         if (dresidual != null) {
@@ -102,21 +109,30 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, long xShift, long yShift,
-                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
+                                MemorySegment ws, boolean relu, int channels, long spatial,
+                                long xShift, long yShift, int p0, int p1, float[] mean,
+                                float[] scale, float[] offset) {
         for (int p = p0, c = p0 % channels; p < p1; p++) {
             planeNormalize(x, residual, y, relu, 4L * p * spatial, xShift, yShift, spatial, mean[c], scale[c], offset[c]);
             if (++c == channels) {
                 c = 0;
             }
         }
+        if (ws != null) {
+            ReluMask.maskScalar(y, 4L * p0 * spatial + yShift, ws, p0 * spatial, p0 * spatial, p1 * spatial);
+        }
+    }
+
+    /** dy, or +0 where the workspace's bit e is 0 (no workspace: dy). */
+    private static double masked(float dy, MemorySegment ws, long e) {
+        return ws == null || ReluMask.passes(ws, e) ? dy : 0.0;
     }
 
     @Override
-    public void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    long dyBase, long dyStride, int planes, long spatial,
-                                    double mean, double[] lanes, double[] sumDy,
-                                    double[] sumDyXmu, int c) {
+    public void channelGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, long base,
+                                    long stride, long dyBase, long dyStride, long bit,
+                                    long bitStride, int planes, long spatial, double mean,
+                                    double[] lanes, double[] sumDy, double[] sumDyXmu, int c) {
         boolean finish = lanes == null;
         int at = finish ? 0 : c * LANE_SLOTS;
         if (finish) {
@@ -125,16 +141,16 @@ public final class ScalarKernels implements BatchNormKernels {
         }
         long body = spatial - spatial % TAIL_GRANULE;
         int tail = at + 2 * LANES;
-        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride) {
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride, bit += bitStride) {
             for (long s = 0; s < body; s++) {
-                double g = dy.get(F32, dyBase + 4 * s);
+                double g = masked(dy.get(F32, dyBase + 4 * s), ws, bit + s);
                 double d = (double) x.get(F32, base + 4 * s) - mean;
                 int lane = at + (int) (s % LANES);
                 lanes[lane] += g;
                 lanes[LANES + lane] = Math.fma(d, g, lanes[LANES + lane]);
             }
             for (long s = body; s < spatial; s++) {
-                double g = dy.get(F32, dyBase + 4 * s);
+                double g = masked(dy.get(F32, dyBase + 4 * s), ws, bit + s);
                 double d = (double) x.get(F32, base + 4 * s) - mean;
                 lanes[tail] += g;
                 lanes[tail + 1] = Math.fma(d, g, lanes[tail + 1]);
@@ -148,12 +164,12 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                    MemorySegment dx, MemorySegment dresidual, int channels,
-                                    long spatial, long xShift, long yShift, int p0, int p1,
-                                    float[] mean, float[] a, float[] b, float[] c) {
+                                    MemorySegment ws, MemorySegment dx, MemorySegment dresidual,
+                                    int channels, long spatial, long xShift, long yShift, int p0,
+                                    int p1, float[] mean, float[] a, float[] b, float[] c) {
         for (int p = p0, ch = p0 % channels; p < p1; p++) {
             for (long at = 4L * p * spatial, end = at + 4 * spatial; at < end; at += 4) {
-                gradientInput(x, dy, y, dx, dresidual, at + xShift, at + yShift, mean[ch], a[ch], b[ch], c[ch]);
+                gradientInput(x, dy, y, ws, at >>> 2, dx, dresidual, at + xShift, at + yShift, mean[ch], a[ch], b[ch], c[ch]);
             }
             if (++ch == channels) {
                 ch = 0;
@@ -179,22 +195,27 @@ public final class ScalarKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                             int channels, long inRow, long outRow, long row0, long row1, int c0,
-                             int c1, float[] mean, float[] scale, float[] offset) {
+    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
+                             MemorySegment ws, boolean relu, int channels, long inRow, long outRow,
+                             long row0, long row1, int c0, int c1, float[] mean, float[] scale,
+                             float[] offset) {
         for (long r = row0; r < row1; r++) {
             long base = r * inRow, outBase = r * outRow;
             for (int c = c0; c < c1; c++) {
                 long out = outBase + 4L * c;
                 y.set(F32, out, activate(Math.fma(x.get(F32, base + 4L * c) - mean[c], scale[c], offset[c]), residual, out, relu));
             }
+            if (ws != null) {
+                ReluMask.maskScalar(y, outBase, ws, r * channels, r * channels, (r + 1) * channels);
+            }
         }
     }
 
     @Override
-    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
-                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
+    public void rowGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, int channels,
+                                long xRow, long dyRow, long row0, long row1, int c0, int c1,
+                                double[] mean, double[] sumDy, double[] sumDyXmu,
+                                boolean fromMemory) {
         for (int c = c0; c < c1; c++) {
             sumDy[c] = 0;
             sumDyXmu[c] = 0;
@@ -202,7 +223,7 @@ public final class ScalarKernels implements BatchNormKernels {
         for (long r = row0; r < row1; r++) {
             long base = r * xRow, dyBase = r * dyRow;
             for (int c = c0; c < c1; c++) {
-                double g = dy.get(F32, dyBase + 4L * c);
+                double g = masked(dy.get(F32, dyBase + 4L * c), ws, r * channels + c);
                 double d = (double) x.get(F32, base + 4L * c) - mean[c];
                 sumDy[c] += g;
                 sumDyXmu[c] = Math.fma(d, g, sumDyXmu[c]);
@@ -212,16 +233,23 @@ public final class ScalarKernels implements BatchNormKernels {
 
     @Override
     public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                 MemorySegment dx, MemorySegment dresidual, int channels,
-                                 long inRow, long outRow, long row0, long row1, int c0, int c1,
-                                 float[] mean, float[] a, float[] b, float[] c) {
+                                 MemorySegment ws, MemorySegment dx, MemorySegment dresidual,
+                                 int channels, long inRow, long outRow, long row0, long row1,
+                                 int c0, int c1, float[] mean, float[] a, float[] b, float[] c) {
         for (long r = row0; r < row1; r++) {
             long base = r * inRow, outBase = r * outRow;
             for (int ch = c0; ch < c1; ch++) {
-                gradientInput(x, dy, y, dx, dresidual, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
+                gradientInput(x, dy, y, ws, r * channels + ch, dx, dresidual, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
         }
     }
+
+    @Override
+    public void maskedGradient(MemorySegment dy, long dyAt, MemorySegment ws, long bit, long count,
+                               MemorySegment g, long gAt) {
+        ReluMask.gradientScalar(dy, dyAt, ws, bit, g, gAt, bit, bit + count);
+    }
+
     // ------------------------------------------------------------------------------------ runs
 
     @Override

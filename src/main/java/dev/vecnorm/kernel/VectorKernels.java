@@ -78,26 +78,27 @@ final class VectorKernels implements BatchNormKernels {
 
     @Override
     public void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, long xShift, long yShift,
-                                int p0, int p1, float[] mean, float[] scale, float[] offset) {
-        VectorTransforms.planesNormalize(x, residual, y, relu, channels, spatial, xShift, yShift, p0, p1, mean, scale, offset);
+                                MemorySegment ws, boolean relu, int channels, long spatial,
+                                long xShift, long yShift, int p0, int p1, float[] mean,
+                                float[] scale, float[] offset) {
+        VectorTransforms.planesNormalize(x, residual, y, ws, relu, channels, spatial, xShift, yShift, p0, p1, mean, scale, offset);
     }
 
     @Override
-    public void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    long dyBase, long dyStride, int planes, long spatial,
-                                    double mean, double[] lanes, double[] sumDy,
-                                    double[] sumDyXmu, int c) {
-        VectorReductions.channelGradientSums(x, dy, base, stride, dyBase, dyStride, planes, spatial,
-                mean, lanes, sumDy, sumDyXmu, c);
+    public void channelGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, long base,
+                                    long stride, long dyBase, long dyStride, long bit,
+                                    long bitStride, int planes, long spatial, double mean,
+                                    double[] lanes, double[] sumDy, double[] sumDyXmu, int c) {
+        VectorReductions.channelGradientSums(x, dy, ws, base, stride, dyBase, dyStride, bit, bitStride,
+                planes, spatial, mean, lanes, sumDy, sumDyXmu, c);
     }
 
     @Override
     public void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                    MemorySegment dx, MemorySegment dresidual, int channels,
-                                    long spatial, long xShift, long yShift, int p0, int p1,
-                                    float[] mean, float[] a, float[] b, float[] c) {
-        VectorTransforms.planesGradientInput(x, dy, y, dx, dresidual, channels, spatial, xShift, yShift, p0, p1, mean, a, b, c);
+                                    MemorySegment ws, MemorySegment dx, MemorySegment dresidual,
+                                    int channels, long spatial, long xShift, long yShift, int p0,
+                                    int p1, float[] mean, float[] a, float[] b, float[] c) {
+        VectorTransforms.planesGradientInput(x, dy, y, ws, dx, dresidual, channels, spatial, xShift, yShift, p0, p1, mean, a, b, c);
     }
 
     // ------------------------------------------------------------------------------------ NHWC
@@ -109,26 +110,35 @@ final class VectorKernels implements BatchNormKernels {
     }
 
     @Override
-    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y, boolean relu,
-                             int channels, long inRow, long outRow, long row0, long row1, int c0,
-                             int c1, float[] mean, float[] scale, float[] offset) {
-        VectorTransforms.rowNormalize(x, residual, y, relu, channels, inRow, outRow, row0, row1, c0, c1, mean, scale, offset);
+    public void rowNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
+                             MemorySegment ws, boolean relu, int channels, long inRow, long outRow,
+                             long row0, long row1, int c0, int c1, float[] mean, float[] scale,
+                             float[] offset) {
+        VectorTransforms.rowNormalize(x, residual, y, ws, relu, channels, inRow, outRow, row0, row1, c0, c1, mean, scale, offset);
     }
 
     @Override
-    public void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
-                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
-        VectorReductions.rowGradientSums(x, dy, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu, fromMemory);
+    public void rowGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, int channels,
+                                long xRow, long dyRow, long row0, long row1, int c0, int c1,
+                                double[] mean, double[] sumDy, double[] sumDyXmu,
+                                boolean fromMemory) {
+        VectorReductions.rowGradientSums(x, dy, ws, channels, xRow, dyRow, row0, row1, c0, c1, mean, sumDy, sumDyXmu, fromMemory);
     }
 
     @Override
     public void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                 MemorySegment dx, MemorySegment dresidual, int channels,
-                                 long inRow, long outRow, long row0, long row1, int c0, int c1,
-                                 float[] mean, float[] a, float[] b, float[] c) {
-        VectorTransforms.rowGradientInput(x, dy, y, dx, dresidual, channels, inRow, outRow, row0, row1, c0, c1, mean, a, b, c);
+                                 MemorySegment ws, MemorySegment dx, MemorySegment dresidual,
+                                 int channels, long inRow, long outRow, long row0, long row1,
+                                 int c0, int c1, float[] mean, float[] a, float[] b, float[] c) {
+        VectorTransforms.rowGradientInput(x, dy, y, ws, dx, dresidual, channels, inRow, outRow, row0, row1, c0, c1, mean, a, b, c);
     }
+
+    @Override
+    public void maskedGradient(MemorySegment dy, long dyAt, MemorySegment ws, long bit, long count,
+                               MemorySegment g, long gAt) {
+        VectorTransforms.maskedGradient(dy, dyAt, ws, bit, count, g, gAt);
+    }
+
     // ------------------------------------------------------------------------------------ runs
 
     @Override

@@ -11,8 +11,11 @@ import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.LongVector;
+import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorShuffle;
+import jdk.incubator.vector.VectorSpecies;
 
 /**
  * The NCHW reductions of {@link VectorKernels}: one channel over a run of its planes, the 32
@@ -43,6 +46,13 @@ final class VectorReductions {
     private static final double[] ZEROS = new double[LANE_SLOTS];
     /** Each thread's lanes for a run that an any-width call finishes itself. */
     private static final ThreadLocal<double[]> RUN = ThreadLocal.withInitial(() -> new double[LANE_SLOTS]);
+
+    private static final VectorSpecies<Long> LONGS = VectorSpecies.of(long.class, DOUBLES.vectorShape());
+    /**
+     * For two lanes, entry k (two longs) keeps lane i where bit i of k is set: on the two lanes
+     * of 128-bit doubles C2 boxed the masks of {@code VectorMask.fromLong} (every call allocated).
+     */
+    private static final long[] KEEP = {0, 0, -1, 0, 0, -1, -1, -1};
 
     private VectorReductions() {
     }
@@ -181,13 +191,18 @@ final class VectorReductions {
      * registers at 512 bits only. With the 256-bit registers too, the method outgrew what C2
      * compiles without boxing its vectors (every call allocated); other widths take the array.
      */
-    static void channelGradientSums(MemorySegment x, MemorySegment dy, long base, long stride,
-                                    long dyBase, long dyStride, int planes, long spatial,
-                                    double mean, double[] lanes, double[] sumDy,
-                                    double[] sumDyXmu, int c) {
+    static void channelGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, long base,
+                                    long stride, long dyBase, long dyStride, long bit,
+                                    long bitStride, int planes, long spatial, double mean,
+                                    double[] lanes, double[] sumDy, double[] sumDyXmu, int c) {
         if (DL != 8) {
-            channelGradientSumsAnyWidth(x, dy, base, stride, dyBase, dyStride, planes, spatial,
-                    mean, lanes, sumDy, sumDyXmu, c);
+            channelGradientSumsAnyWidth(x, dy, ws, base, stride, dyBase, dyStride, bit, bitStride,
+                    planes, spatial, mean, lanes, sumDy, sumDyXmu, c);
+            return;
+        }
+        if (ws != null) {
+            channelGradientSumsMasked(x, dy, ws, base, stride, dyBase, dyStride, bit, bitStride,
+                    planes, spatial, mean, lanes, sumDy, sumDyXmu, c);
             return;
         }
         long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
@@ -276,6 +291,108 @@ final class VectorReductions {
         lanes[tail + 1] = t2;
     }
 
+    /**
+     * {@link #channelGradientSums} at 512 bits with the workspace's mask: a copy of its register
+     * loop with g = bit ? dy : +0, as a method of its own because the masks inside that one made
+     * C2 box its vectors (every call allocated; PERFORMANCE.md, the mask workspace).
+     */
+    private static void channelGradientSumsMasked(MemorySegment x, MemorySegment dy, MemorySegment ws, long base,
+                                    long stride, long dyBase, long dyStride, long bit,
+                                    long bitStride, int planes, long spatial, double mean,
+                                    double[] lanes, double[] sumDy, double[] sumDyXmu, int c) {
+        long rowsBytes = 4 * (spatial - spatial % VIRTUAL_LANES);
+        long bodyBytes = 4 * (spatial - spatial % TAIL_GRANULE);
+        long planeBytes = 4 * spatial;
+        DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
+        // A run that starts from zero lanes ends with the tree; one that continues lanes from
+        // the array stores them back (see BatchNormKernels.channelMoments). The lanes are loaded
+        // either way (zeros from ZEROS), so that no vector is merged from two branches, which C2
+        // would box. At 512 bits the 32 lanes are a0..a3; at 256 bits a4..a7 hold lanes 16..31
+        // (C2 folds the width tests).
+        boolean finish = lanes == null;
+        double[] from = finish ? ZEROS : lanes;
+        int at = finish ? 0 : c * LANE_SLOTS, qt = at + VIRTUAL_LANES, tail = at + 2 * VIRTUAL_LANES;
+        DoubleVector a0 = DoubleVector.fromArray(DOUBLES, from, at);
+        DoubleVector a1 = DoubleVector.fromArray(DOUBLES, from, at + DL);
+        DoubleVector a2 = DoubleVector.fromArray(DOUBLES, from, at + 2 * DL);
+        DoubleVector a3 = DoubleVector.fromArray(DOUBLES, from, at + 3 * DL);
+        DoubleVector q0 = DoubleVector.fromArray(DOUBLES, from, qt);
+        DoubleVector q1 = DoubleVector.fromArray(DOUBLES, from, qt + DL);
+        DoubleVector q2 = DoubleVector.fromArray(DOUBLES, from, qt + 2 * DL);
+        DoubleVector q3 = DoubleVector.fromArray(DOUBLES, from, qt + 3 * DL);
+        double t1 = from[tail], t2 = from[tail + 1];
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride, bit += bitStride) {
+            long dd = dyBase - base;            // dy's offset from x's (0 when dense)
+            long eb = bit - (base >>> 2);       // the mask's element of x's float at byte o: o / 4 + eb
+            long end = base + rowsBytes;
+            for (long o = base; o < end; o += ROW_BYTES) {
+                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, (o >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a0 = a0.add(g0);
+                q0 = d0.fma(g0, q0);
+                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + STEP + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, ((o + STEP) >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a1 = a1.add(g1);
+                q1 = d1.fma(g1, q1);
+                DoubleVector g2 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 2 * STEP + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, ((o + 2 * STEP) >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a2 = a2.add(g2);
+                q2 = d2.fma(g2, q2);
+                DoubleVector g3 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, o + 3 * STEP + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, ((o + 3 * STEP) >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a3 = a3.add(g3);
+                q3 = d3.fma(g3, q3);
+            }
+            if (rowsBytes < bodyBytes) {           // a half row: lanes 0..15
+                DoubleVector g0 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, (end >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, end, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a0 = a0.add(g0);
+                q0 = d0.fma(g0, q0);
+                DoubleVector g1 = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, end + STEP + dd, NATIVE)
+                        .blend(0f, VectorMask.fromLong(HALF, ~ReluMask.bitsAt(ws, ((end + STEP) >>> 2) + eb))).convertShape(F2D, DOUBLES, 0);
+                DoubleVector d1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, end + STEP, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
+                a1 = a1.add(g1);
+                q1 = d1.fma(g1, q1);
+            }
+            for (long o = base + bodyBytes, stop = base + planeBytes; o < stop; o += 4) {
+                double g = ReluMask.passes(ws, (o >>> 2) + eb) ? dy.get(F32, o + dd) : 0.0;
+                double d = (double) x.get(F32, o) - mean;
+                t1 += g;
+                t2 = Math.fma(d, g, t2);
+            }
+        }
+        if (finish) {
+            // LaneTree's order in registers: lanes 16..31 onto 0..15, 8..15 onto 0..7, and so
+            // on; at 512 bits the last three levels are within one register, at 256 bits two.
+            DoubleVector s = a0.add(a2).add(a1.add(a3));
+            DoubleVector r = q0.add(q2).add(q1.add(q3));
+            s = s.add(s.rearrange(HALF_UP));
+            r = r.add(r.rearrange(HALF_UP));
+            s = s.add(s.rearrange(QUARTER_UP));
+            r = r.add(r.rearrange(QUARTER_UP));
+            s = s.add(s.rearrange(EIGHTH_UP));
+            r = r.add(r.rearrange(EIGHTH_UP));
+            sumDy[c] = s.lane(0) + t1;
+            sumDyXmu[c] = r.lane(0) + t2;
+            return;
+        }
+        a0.intoArray(lanes, at);
+        a1.intoArray(lanes, at + DL);
+        a2.intoArray(lanes, at + 2 * DL);
+        a3.intoArray(lanes, at + 3 * DL);
+        q0.intoArray(lanes, qt);
+        q1.intoArray(lanes, qt + DL);
+        q2.intoArray(lanes, qt + 2 * DL);
+        q3.intoArray(lanes, qt + 3 * DL);
+        lanes[tail] = t1;
+        lanes[tail + 1] = t2;
+    }
+
     /** Any width (128 bits in tests): the lanes stay in the array, updated register by register. */
     private static void channelMomentsAnyWidth(MemorySegment x, long base, long stride, int planes,
                                                long spatial, double shift, double[] lanes,
@@ -308,10 +425,11 @@ final class VectorReductions {
         }
     }
 
-    private static void channelGradientSumsAnyWidth(MemorySegment x, MemorySegment dy, long base,
-                                                    long stride, long dyBase, long dyStride,
-                                                    int planes, long spatial, double mean,
-                                                    double[] lanes, double[] sumDy,
+    private static void channelGradientSumsAnyWidth(MemorySegment x, MemorySegment dy,
+                                                    MemorySegment ws, long base, long stride,
+                                                    long dyBase, long dyStride, long bit,
+                                                    long bitStride, int planes, long spatial,
+                                                    double mean, double[] lanes, double[] sumDy,
                                                     double[] sumDyXmu, int c) {
         boolean finish = lanes == null;
         int at = finish ? 0 : c * LANE_SLOTS;
@@ -322,16 +440,20 @@ final class VectorReductions {
         DoubleVector m = DoubleVector.broadcast(DOUBLES, mean);
         long bodyBytes = 4 * (spatial - spatial % TAIL_GRANULE);
         int tail = at + 2 * VIRTUAL_LANES;
-        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride) {
+        for (int p = 0; p < planes; p++, base += stride, dyBase += dyStride, bit += bitStride) {
             for (long o = 0; o < bodyBytes; o += STEP) {
                 int lane = at + (int) (o / 4 % VIRTUAL_LANES);
                 DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, dyBase + o, NATIVE).convertShape(F2D, DOUBLES, 0);
+                if (ws != null) {              // on the doubles: masks of a 64-bit HALF boxed
+                    g = DL > 2 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, bit + o / 4)))
+                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, bit + o / 4) & 3))).reinterpretAsDoubles();
+                }
                 DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, base + o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
                 d.fma(g, DoubleVector.fromArray(DOUBLES, lanes, VIRTUAL_LANES + lane)).intoArray(lanes, VIRTUAL_LANES + lane);
             }
             for (long o = base + bodyBytes, stop = base + 4 * spatial; o < stop; o += 4) {
-                double g = dy.get(F32, o - base + dyBase);
+                double g = ws != null && !ReluMask.passes(ws, bit + (o - base) / 4) ? 0.0 : dy.get(F32, o - base + dyBase);
                 double d = (double) x.get(F32, o) - mean;
                 lanes[tail] += g;
                 lanes[tail + 1] = Math.fma(d, g, lanes[tail + 1]);
@@ -406,9 +528,10 @@ final class VectorReductions {
     }
 
     /** {@link BatchNormKernels#rowGradientSums}: the walk of {@link #rowMoments}. */
-    static void rowGradientSums(MemorySegment x, MemorySegment dy, int channels, long xRow,
-                                long dyRow, long row0, long row1, int c0, int c1, double[] mean,
-                                double[] sumDy, double[] sumDyXmu, boolean fromMemory) {
+    static void rowGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws, int channels,
+                                long xRow, long dyRow, long row0, long row1, int c0, int c1,
+                                double[] mean, double[] sumDy, double[] sumDyXmu,
+                                boolean fromMemory) {
         java.util.Arrays.fill(sumDy, c0, c1, 0.0);
         java.util.Arrays.fill(sumDyXmu, c0, c1, 0.0);
         long rb = xRow, db = dyRow;
@@ -421,34 +544,52 @@ final class VectorReductions {
                 DoubleVector m = DoubleVector.fromArray(DOUBLES, mean, c);
                 DoubleVector g0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od, NATIVE).convertShape(F2D, DOUBLES, 0)), g1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + db, NATIVE).convertShape(F2D, DOUBLES, 0));
                 DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 2 * db, NATIVE).convertShape(F2D, DOUBLES, 0)), g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 3 * db, NATIVE).convertShape(F2D, DOUBLES, 0));
+                if (ws != null) {              // on the doubles: masks of a 64-bit HALF boxed
+                    long e = r * channels + c;
+                    g0 = DL > 2 ? g0.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e)))
+                            : g0.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e) & 3))).reinterpretAsDoubles();
+                    g1 = DL > 2 ? g1.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + channels)))
+                            : g1.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + channels) & 3))).reinterpretAsDoubles();
+                    g2 = DL > 2 ? g2.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 2L * channels)))
+                            : g2.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + 2L * channels) & 3))).reinterpretAsDoubles();
+                    g3 = DL > 2 ? g3.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 3L * channels)))
+                            : g3.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + 3L * channels) & 3))).reinterpretAsDoubles();
+                }
                 DoubleVector u0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector u2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector.fromArray(DOUBLES, sumDy, c).add(g0).add(g1).add(g2).add(g3).intoArray(sumDy, c);
                 u3.fma(g3, u2.fma(g2, u1.fma(g1, u0.fma(g0, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)))))
                         .intoArray(sumDyXmu, c);
             }
-            scalarGradientSums(x, dy, rb, db, r, ROWS, vectorEnd, c1, mean, sumDy, sumDyXmu);
+            scalarGradientSums(x, dy, ws, channels, rb, db, r, ROWS, vectorEnd, c1, mean, sumDy, sumDyXmu);
         }
         for (; r < row1; r++) {
             long base = r * rb, dbase = r * db;
             for (int c = c0; c < vectorEnd; c += DL) {
                 long o = base + 4L * c, od = dbase + 4L * c;
                 DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od, NATIVE).convertShape(F2D, DOUBLES, 0));
+                if (ws != null) {
+                    g = DL > 2 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, r * channels + c)))
+                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, r * channels + c) & 3))).reinterpretAsDoubles();
+                }
                 DoubleVector.fromArray(DOUBLES, sumDy, c).add(g).intoArray(sumDy, c);
                 ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(DoubleVector.fromArray(DOUBLES, mean, c))
                         .fma(g, DoubleVector.fromArray(DOUBLES, sumDyXmu, c)).intoArray(sumDyXmu, c);
             }
-            scalarGradientSums(x, dy, rb, db, r, 1, vectorEnd, c1, mean, sumDy, sumDyXmu);
+            scalarGradientSums(x, dy, ws, channels, rb, db, r, 1, vectorEnd, c1, mean, sumDy, sumDyXmu);
         }
     }
 
-    private static void scalarGradientSums(MemorySegment x, MemorySegment dy, long rb, long db,
-                                           long r, int rows, int c0, int c1, double[] mean,
-                                           double[] sumDy, double[] sumDyXmu) {
+    /** Channels [c0, c1) of rows [r, r + rows), each channel's rows in order. */
+    private static void scalarGradientSums(MemorySegment x, MemorySegment dy, MemorySegment ws,
+                                           int channels, long rb, long db, long r, int rows, int c0,
+                                           int c1, double[] mean, double[] sumDy,
+                                           double[] sumDyXmu) {
         for (int c = c0; c < c1; c++) {
             double a = sumDy[c], q = sumDyXmu[c];
-            for (long o = r * rb + 4L * c, od = r * db + 4L * c, end = o + rows * rb; o < end; o += rb, od += db) {
-                double g = dy.get(F32, od);
+            long e = r * channels + c;
+            for (long o = r * rb + 4L * c, od = r * db + 4L * c, end = o + rows * rb; o < end; o += rb, od += db, e += channels) {
+                double g = ws != null && !ReluMask.passes(ws, e) ? 0.0 : dy.get(F32, od);
                 a += g;
                 q = Math.fma((double) x.get(F32, o) - mean[c], g, q);
             }

@@ -38,6 +38,8 @@ final class VectorTransforms {
     private static final VectorOperators.Binary SUB = VectorOperators.SUB, ADD = VectorOperators.ADD;
     private static final VectorOperators.Ternary FMA = VectorOperators.FMA;
     private static final FloatVector ZERO = FloatVector.zero(FLOATS);
+    /** The low FL bits: a full-width mask's lanes. */
+    private static final long FL_BITS = (1L << FL) - 1, HL_BITS = (1L << HL) - 1;
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
     /** Planes shorter than one vector: the scalar loops (element-wise, so the same bits). */
     private static final ScalarKernels SCALAR = new ScalarKernels();
@@ -57,10 +59,13 @@ final class VectorTransforms {
      * Both give the same bits; y over the residual counts as in place.
      */
     static void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
-                                boolean relu, int channels, long spatial, long xs, long ys, int p0,
-                                int p1, float[] mean, float[] scale, float[] offset) {
+                                MemorySegment ws, boolean relu, int channels, long spatial, long xs,
+                                long ys, int p0, int p1, float[] mean, float[] scale,
+                                float[] offset) {
         if (spatial < FL) {
-            SCALAR.planesNormalize(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
+            SCALAR.planesNormalize(x, residual, y, ws, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
+        } else if (ws != null) {
+            normalizeStreamMasked(x, residual, y, ws, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && (x.equals(y) && xs == ys || y.equals(residual))) {
             normalizeRuns(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         } else {
@@ -164,13 +169,72 @@ final class VectorTransforms {
         }
     }
 
+    /**
+     * {@link #normalizeStream} that writes the ReLU's mask into {@code ws} (see
+     * {@link ReluMask#add}), in or out of place. A method of its own: with the bit writer inside
+     * normalizeStream, the masked stream ran 3x slower than the plain one in most JVMs, and
+     * the plain one must not pay for it (PERFORMANCE.md, the mask workspace).
+     */
+    private static void normalizeStreamMasked(MemorySegment x, MemorySegment res, MemorySegment y,
+                                        MemorySegment ws, boolean relu, int channels, long spatial,
+                                        long xs, long ys, int p0, int p1, float[] mean,
+                                        float[] scale, float[] offset) {
+        long end = 4L * p1 * spatial;
+        long o = 4L * p0 * spatial;
+        int c = p0 % channels;
+        long left = spatial;                       // floats of plane c from o on
+        long e0 = o >>> 2, acc = 0, head = 0;      // the mask's bit writer (see ReluMask.add)
+        for (; o <= end - 4L * FL; o += 4L * FL) {
+            int next = c + 1 == channels ? 0 : c + 1;
+            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
+            FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
+            FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
+            FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m).fma(a, b);
+            if (res != null) {
+                v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o + ys, NATIVE));
+            }
+            if (relu) {
+                VectorMask<Float> le = v.compare(LE, 0f);
+                v = v.blend(0f, le);
+                if (ws != null) {
+                    long bits = ~le.toLong() & FL_BITS, el = o >>> 2;
+                    int s = (int) el & 63;
+                    acc |= bits << s;
+                    if (s + FL >= 64) {
+                        if (el >>> 6 << 6 >= e0) {
+                            ReluMask.store(ws, el >>> 6, acc);
+                        } else {
+                            head = acc;               // the range's first word, partial: ORed after the loop
+                        }
+                        acc = bits >>> (64 - s);
+                    }
+                }
+            }
+            v.intoMemorySegment(y, o + ys, NATIVE);
+            boolean crossed = left <= FL;
+            left = crossed ? left + spatial - FL : left - FL;
+            c = crossed ? next : c;
+        }
+        for (; o < end; o += 4) {
+            float v = ScalarKernels.activate(Math.fma(x.get(F32, o + xs) - mean[c], scale[c], offset[c]), res, o + ys, relu);
+            y.set(F32, o + ys, v);
+            if (ws != null) {
+                acc = ReluMask.add(ws, e0, o >>> 2, v <= 0f ? 0 : 1, 1, acc);
+            }
+        }
+        if (ws != null) {
+            ReluMask.finish(ws, e0, head, end >>> 2, acc);
+        }
+    }
+
     /** Planes in memory order, one flat stream as in {@link #planesNormalize}. */
     static void planesGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                    MemorySegment dx, MemorySegment dres, int channels,
-                                    long spatial, long xs, long ys, int p0, int p1, float[] mean,
-                                    float[] a, float[] b, float[] c) {
+                                    MemorySegment ws, MemorySegment dx, MemorySegment dres,
+                                    int channels, long spatial, long xs, long ys, int p0, int p1,
+                                    float[] mean, float[] a, float[] b, float[] c) {
         if (spatial < FL) {
-            SCALAR.planesGradientInput(x, dy, y, dx, dres, channels, spatial, xs, ys, p0, p1, mean, a, b, c);
+            SCALAR.planesGradientInput(x, dy, y, ws, dx, dres, channels, spatial, xs, ys, p0, p1, mean, a, b, c);
             return;
         }
         long end = 4L * p1 * spatial;
@@ -188,6 +252,9 @@ final class VectorTransforms {
             if (y != null) {
                 g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + ys, NATIVE).compare(LE, 0f));
             }
+            if (ws != null) {
+                g = g.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)));
+            }
             if (dres != null) {
                 g.intoMemorySegment(dres, o + ys, NATIVE);
             }
@@ -201,26 +268,31 @@ final class VectorTransforms {
             ch = crossed ? next : ch;
         }
         for (; o < end; o += 4) {
-            ScalarKernels.gradientInput(x, dy, y, dx, dres, o + xs, o + ys, mean[ch], a[ch], b[ch], c[ch]);
+            ScalarKernels.gradientInput(x, dy, y, ws, o >>> 2, dx, dres, o + xs, o + ys, mean[ch], a[ch], b[ch], c[ch]);
         }
     }
 
     // ------------------------------------------------------------------------------------ NHWC
 
-    static void rowNormalize(MemorySegment x, MemorySegment res, MemorySegment y, boolean relu,
-                             int channels, long inRow, long outRow, long row0, long row1, int c0,
-                             int c1, float[] mean, float[] scale, float[] offset) {
+    static void rowNormalize(MemorySegment x, MemorySegment res, MemorySegment y, MemorySegment ws,
+                             boolean relu, int channels, long inRow, long outRow, long row0,
+                             long row1, int c0, int c1, float[] mean, float[] scale,
+                             float[] offset) {
         long rowBytes = 4L * channels;
-        if (channels >= WIDE_ROW_CHANNELS && res == null && x.equals(y) && inRow == outRow) {
+        if (ws != null && (c0 != 0 || c1 != channels)) {
+            throw new IllegalArgumentException("c0, c1: expected whole rows with a workspace, got " + c0 + ", " + c1);
+        }
+        if (channels >= WIDE_ROW_CHANNELS && res == null && x.equals(y) && inRow == outRow && ws == null) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
             normalizeRows4(x, y, relu, inRow, row0, blocked, c0, c1, mean, scale, offset);
             row0 = blocked;
         }
         if (c0 == 0 && c1 == channels && channels % FL == 0 && inRow == rowBytes && outRow == rowBytes) {
-            rowStream(x, res, y, relu, channels, row0, row1, mean, scale, offset);
+            rowStream(x, res, y, ws, relu, channels, row0, row1, mean, scale, offset);
             return;
         }
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
+        long e0 = row0 * channels, acc = 0, head = 0;  // the mask's bit writer (see ReluMask.add)
         for (long r = row0; r < row1; r++) {
             long base = r * inRow, outBase = r * outRow;
             for (int c = c0; c < vectorEnd; c += FL) {
@@ -233,7 +305,21 @@ final class VectorTransforms {
                     v = v.lanewise(ADD, FloatVector.fromMemorySegment(FLOATS, res, oo, NATIVE));
                 }
                 if (relu) {
-                    v = v.blend(ZERO, v.compare(LE, 0f));
+                    VectorMask<Float> le = v.compare(LE, 0f);
+                    v = v.blend(ZERO, le);
+                    if (ws != null) {
+                        long bits = ~le.toLong() & FL_BITS, el = r * channels + c;
+                        int s = (int) el & 63;
+                        acc |= bits << s;
+                        if (s + FL >= 64) {
+                            if (el >>> 6 << 6 >= e0) {
+                                ReluMask.store(ws, el >>> 6, acc);
+                            } else {
+                                head = acc;               // the range's first word, partial: ORed after the loop
+                            }
+                            acc = bits >>> (64 - s);
+                        }
+                    }
                 }
                 v.intoMemorySegment(y, oo, NATIVE);
             }
@@ -247,15 +333,45 @@ final class VectorTransforms {
                     v = v.add(FloatVector.fromMemorySegment(HALF, res, oo, NATIVE));
                 }
                 if (relu) {
-                    v = v.blend(0f, v.compare(LE, 0f));
+                    VectorMask<Float> le = v.compare(LE, 0f);
+                    v = v.blend(0f, le);
+                    if (ws != null) {
+                        long bits = ~le.toLong() & HL_BITS, el = r * channels + c;
+                        int s = (int) el & 63;
+                        acc |= bits << s;
+                        if (s + HL >= 64) {
+                            if (el >>> 6 << 6 >= e0) {
+                                ReluMask.store(ws, el >>> 6, acc);
+                            } else {
+                                head = acc;               // the range's first word, partial: ORed after the loop
+                            }
+                            acc = bits >>> (64 - s);
+                        }
+                    }
                 }
                 v.intoMemorySegment(y, oo, NATIVE);
                 c += HL;
             }
             for (; c < c1; c++) {
                 long o = base + 4L * c, oo = outBase + 4L * c;
-                y.set(F32, oo, ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, oo, relu));
+                float v = ScalarKernels.activate(Math.fma(x.get(F32, o) - mean[c], scale[c], offset[c]), res, oo, relu);
+                y.set(F32, oo, v);
+                if (ws != null) {
+                    long el = r * channels + c;
+                    acc |= (v <= 0f ? 0L : 1L) << el;    // shifts use the low 6 bits: el & 63
+                    if ((el & 63) == 63) {
+                        if (el >>> 6 << 6 >= e0) {
+                            ReluMask.store(ws, el >>> 6, acc);
+                        } else {
+                            head = acc;
+                        }
+                        acc = 0;
+                    }
+                }
             }
+        }
+        if (ws != null) {
+            ReluMask.finish(ws, e0, head, row1 * channels, acc);
         }
     }
 
@@ -265,11 +381,12 @@ final class VectorTransforms {
      * own: inside rowNormalize, beside the strided loops, the same loop ran at half speed in
      * most JVMs (PERFORMANCE.md, "the row stream in a method of its own").
      */
-    private static void rowStream(MemorySegment x, MemorySegment res, MemorySegment y, boolean relu,
-                                  int channels, long row0, long row1, float[] mean, float[] scale,
-                                  float[] offset) {
+    private static void rowStream(MemorySegment x, MemorySegment res, MemorySegment y,
+                                  MemorySegment ws, boolean relu, int channels, long row0,
+                                  long row1, float[] mean, float[] scale, float[] offset) {
         long rowBytes = 4L * channels;
         int c = 0;
+        long e0 = row0 * channels, acc = 0, head = 0;  // the mask's bit writer (see ReluMask.add)
         for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
             FloatVector m = FloatVector.fromArray(FLOATS, mean, c);
             FloatVector a = FloatVector.fromArray(FLOATS, scale, c);
@@ -279,11 +396,28 @@ final class VectorTransforms {
                 v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o, NATIVE));
             }
             if (relu) {
-                v = v.blend(0f, v.compare(LE, 0f));
+                VectorMask<Float> le = v.compare(LE, 0f);
+                v = v.blend(0f, le);
+                if (ws != null) {
+                    long bits = ~le.toLong() & FL_BITS, el = o >>> 2;
+                    int s = (int) el & 63;
+                    acc |= bits << s;
+                    if (s + FL >= 64) {
+                        if (el >>> 6 << 6 >= e0) {
+                            ReluMask.store(ws, el >>> 6, acc);
+                        } else {
+                            head = acc;               // the range's first word, partial: ORed after the loop
+                        }
+                        acc = bits >>> (64 - s);
+                    }
+                }
             }
             v.intoMemorySegment(y, o, NATIVE);
             c += FL;
             c = c == channels ? 0 : c;
+        }
+        if (ws != null) {
+            ReluMask.finish(ws, e0, head, row1 * channels, acc);
         }
     }
 
@@ -328,20 +462,20 @@ final class VectorTransforms {
     }
 
     static void rowGradientInput(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                 MemorySegment dx, MemorySegment dres, int channels, long inRow,
-                                 long outRow, long row0, long row1, int c0, int c1, float[] mean,
-                                 float[] a, float[] b, float[] c) {
+                                 MemorySegment ws, MemorySegment dx, MemorySegment dres,
+                                 int channels, long inRow, long outRow, long row0, long row1,
+                                 int c0, int c1, float[] mean, float[] a, float[] b, float[] c) {
         // Without x (the frozen form) only the general loop: no measured need for the others.
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         long rowBytes = 4L * channels;
         if (channels <= WIDE_ROW_CHANNELS && x != null && c0 == 0 && c1 == channels
                 && channels % FL == 0 && inRow == rowBytes && outRow == rowBytes) {
-            gradientStream(x, dy, y, dx, dres, channels, row0, row1, mean, a, b, c);
+            gradientStream(x, dy, y, ws, dx, dres, channels, row0, row1, mean, a, b, c);
             return;
         }
         if (channels > WIDE_ROW_CHANNELS && x != null && inRow == outRow) {
             long blocked = row0 + (row1 - row0) / 4 * 4;
-            gradientInputRows4(x, dy, y, dx, dres, inRow, row0, blocked, c0, c1, mean, a, b, c);
+            gradientInputRows4(x, dy, y, ws, dx, dres, channels, inRow, row0, blocked, c0, c1, mean, a, b, c);
             row0 = blocked;
         }
         for (long r = row0; r < row1; r++) {
@@ -356,6 +490,9 @@ final class VectorTransforms {
                 if (y != null) {
                     g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, oo, NATIVE).compare(LE, 0f));
                 }
+                if (ws != null) {
+                    g = g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, r * channels + ch)));
+                }
                 if (dres != null) {
                     g.intoMemorySegment(dres, oo, NATIVE);
                 }
@@ -366,7 +503,9 @@ final class VectorTransforms {
                 v.intoMemorySegment(dx, o, NATIVE);
             }
             int ch = vectorEnd;
-            if (c1 - ch >= HL) {                // a half vector for the rest, as in rowNormalize
+            // A half vector for the rest, as in rowNormalize; not with the workspace, whose
+            // masks on a 64-bit HALF (128-bit kernels) boxed: the scalar loop takes those.
+            if (c1 - ch >= HL && ws == null) {
                 long o = base + 4L * ch, oo = outBase + 4L * ch;
                 FloatVector g = FloatVector.fromMemorySegment(HALF, dy, oo, NATIVE);
                 if (y != null) {
@@ -384,7 +523,7 @@ final class VectorTransforms {
                 ch += HL;
             }
             for (; ch < c1; ch++) {
-                ScalarKernels.gradientInput(x, dy, y, dx, dres, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
+                ScalarKernels.gradientInput(x, dy, y, ws, r * channels + ch, dx, dres, base + 4L * ch, outBase + 4L * ch, mean[ch], a[ch], b[ch], c[ch]);
             }
         }
     }
@@ -395,9 +534,9 @@ final class VectorTransforms {
      * inner loop's entry and exit per row.
      */
     private static void gradientStream(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                       MemorySegment dx, MemorySegment dres, int channels,
-                                       long row0, long row1, float[] mean, float[] a, float[] b,
-                                       float[] c) {
+                                       MemorySegment ws, MemorySegment dx, MemorySegment dres,
+                                       int channels, long row0, long row1, float[] mean, float[] a,
+                                       float[] b, float[] c) {
         long rowBytes = 4L * channels;
         int ch = 0;
         for (long o = row0 * rowBytes, end = row1 * rowBytes; o < end; o += 4L * FL) {
@@ -408,6 +547,9 @@ final class VectorTransforms {
             FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o, NATIVE);
             if (y != null) {
                 g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
+            }
+            if (ws != null) {
+                g = g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)));
             }
             if (dres != null) {
                 g.intoMemorySegment(dres, o, NATIVE);
@@ -428,9 +570,10 @@ final class VectorTransforms {
      * transforms.)
      */
     private static void gradientInputRows4(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                           MemorySegment dx, MemorySegment dres, long rowBytes,
-                                           long row0, long row1, int c0, int c1, float[] mean,
-                                           float[] a, float[] b, float[] c) {
+                                           MemorySegment ws, MemorySegment dx, MemorySegment dres,
+                                           int channels, long rowBytes, long row0, long row1,
+                                           int c0, int c1, float[] mean, float[] a, float[] b,
+                                           float[] c) {
         int vectorEnd = c0 + (c1 - c0) / FL * FL;
         for (long r = row0; r < row1; r += 4) {
             long base = r * rowBytes;
@@ -450,6 +593,13 @@ final class VectorTransforms {
                     g2 = g2.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o2, NATIVE).compare(LE, 0f));
                     g3 = g3.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o3, NATIVE).compare(LE, 0f));
                 }
+                if (ws != null) {
+                    long e = r * channels + ch;
+                    g0 = g0.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e)));
+                    g1 = g1.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + channels)));
+                    g2 = g2.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 2L * channels)));
+                    g3 = g3.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 3L * channels)));
+                }
                 FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE);
                 FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE);
                 FloatVector v2 = FloatVector.fromMemorySegment(FLOATS, x, o2, NATIVE);
@@ -466,11 +616,32 @@ final class VectorTransforms {
                 v3.sub(m).fma(bv, g3.fma(av, cv)).intoMemorySegment(dx, o3, NATIVE);
             }
             for (int ch = vectorEnd; ch < c1; ch++) {
-                for (long o = base + 4L * ch, e = o + 4 * rowBytes; o < e; o += rowBytes) {
-                    ScalarKernels.gradientInput(x, dy, y, dx, dres, o, mean[ch], a[ch], b[ch], c[ch]);
+                for (int k = 0; k < 4; k++) {
+                    long o = base + 4L * ch + k * rowBytes;
+                    ScalarKernels.gradientInput(x, dy, y, ws, (r + k) * channels + ch, dx, dres, o, o, mean[ch], a[ch], b[ch], c[ch]);
                 }
             }
         }
     }
 
+    /**
+     * {@link BatchNormKernels#maskedGradient}: a word of bits per 64 floats, {@code 64 / FL}
+     * vectors blended under its lanes; the partial words at the ends in scalar code.
+     */
+    static void maskedGradient(MemorySegment dy, long dyAt, MemorySegment ws, long bit, long count,
+                               MemorySegment g, long gAt) {
+        long end = bit + count;
+        long first = Math.min(end, (bit + 63) & ~63L);
+        ReluMask.gradientScalar(dy, dyAt, ws, bit, g, gAt, bit, first);
+        long e = first;
+        for (long whole = end & ~63L; e < whole; e += 64) {
+            long word = ReluMask.word(ws, e >>> 6), i = 4 * (e - bit);
+            for (int k = 0; k < 64; k += FL) {
+                VectorMask<Float> pass = VectorMask.fromLong(FLOATS, word >>> k);
+                ZERO.blend(FloatVector.fromMemorySegment(FLOATS, dy, dyAt + i + 4L * k, NATIVE), pass)
+                        .intoMemorySegment(g, gAt + i + 4L * k, NATIVE);
+            }
+        }
+        ReluMask.gradientScalar(dy, dyAt, ws, bit, g, gAt, Math.max(e, first), end);
+    }
 }

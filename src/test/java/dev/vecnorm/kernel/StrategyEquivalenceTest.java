@@ -122,10 +122,54 @@ class StrategyEquivalenceTest {
                 accumulated[2 * c + ch] = (float) sumDy[ch];
                 accumulated[3 * c + ch] = (float) sumDyXmu[ch];
             }
+            float[][] masked = workspaceRuns(engine, arena, x, dy, e, c);
             ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
             return new float[][] {y.toArray(f), mean.toArray(f), var.toArray(f), dx.toArray(f),
                 dg.toArray(f), db.toArray(f), fdx.toArray(f), fdg.toArray(f), rdx.toArray(f),
-                rdg.toArray(f), rdb.toArray(f), adx.toArray(f), rdres.toArray(f), accumulated};
+                rdg.toArray(f), rdb.toArray(f), adx.toArray(f), rdres.toArray(f), accumulated,
+                masked[0], masked[1], masked[2], masked[3], masked[4]};
         }
+    }
+
+    /**
+     * The ReLU forward that writes the mask workspace, and the backward that reads it (without
+     * and with a residual's gradient), beside the forward without it and the backward that
+     * takes y: each pair must agree bit for bit, and the workspace must hold y's mask (bit e set
+     * exactly where !(y[e] <= 0)); it is written a piece at a time, in blocks or in two passes,
+     * and the far channel's bits are fixed after the kernels' pass.
+     */
+    private static float[][] workspaceRuns(BatchNormEngine engine, Arena arena, MemorySegment x,
+                                           MemorySegment dy, long e, int c) {
+        ValueLayout.OfFloat f = ValueLayout.JAVA_FLOAT;
+        MemorySegment y = arena.allocate(4 * e), yw = arena.allocate(4 * e);
+        MemorySegment mean = arena.allocate(4L * c), var = arena.allocate(4L * c);
+        MemorySegment ws = arena.allocate(ReluMask.bytes(e), 8);
+        ws.fill((byte) 0x5a);                      // the forward must clear what it does not set
+        engine.forwardTraining(x, null, null, null, null, y, mean, var, true);
+        engine.forwardTraining(x, null, null, null, null, yw, mean, var, true, ws);
+        assertArrayEquals(y.toArray(f), yw.toArray(f), 0f, "y with the workspace");
+        for (long i = 0; i < e; i++) {
+            boolean pass = !(y.getAtIndex(f, i) <= 0f);
+            if (ReluMask.passes(ws, i) != pass) {
+                throw new AssertionError("mask bit " + i + ": expected " + pass + " (y = "
+                        + y.getAtIndex(f, i) + ")");
+            }
+        }
+        MemorySegment dx = arena.allocate(4 * e), dxw = arena.allocate(4 * e);
+        MemorySegment dg = arena.allocate(4L * c), dgw = arena.allocate(4L * c);
+        MemorySegment db = arena.allocate(4L * c), dbw = arena.allocate(4L * c);
+        MemorySegment dres = arena.allocate(4 * e), dresw = arena.allocate(4 * e);
+        MemorySegment adx = arena.allocate(4 * e), adxw = arena.allocate(4 * e);
+        engine.backward(x, dy, y, null, mean, var, dx, null, dg, db, false);
+        engine.backwardMasked(x, dy, ws, null, mean, var, dxw, null, dgw, dbw);
+        engine.backward(x, dy, y, null, mean, var, adx, dres, null, null, false);
+        engine.backwardMasked(x, dy, ws, null, mean, var, adxw, dresw, null, null);
+        assertArrayEquals(dx.toArray(f), dxw.toArray(f), 0f, "dx from the workspace");
+        assertArrayEquals(dg.toArray(f), dgw.toArray(f), 0f, "dgamma from the workspace");
+        assertArrayEquals(db.toArray(f), dbw.toArray(f), 0f, "dbeta from the workspace");
+        assertArrayEquals(adx.toArray(f), adxw.toArray(f), 0f, "dx with dresidual, from the workspace");
+        assertArrayEquals(dres.toArray(f), dresw.toArray(f), 0f, "dresidual from the workspace");
+        return new float[][] {yw.toArray(f), dxw.toArray(f), dgw.toArray(f), adxw.toArray(f),
+            dresw.toArray(f)};
     }
 }
