@@ -229,6 +229,42 @@ class FusedProperties {
         }
     }
 
+    /**
+     * The mask workspace: the forward that writes it gives the y, mean and variance of the
+     * forward without it, and bit i is set exactly where !(y[i] <= 0); the backward that reads it
+     * gives the bits of the backward that takes y (out of place, dx over dy, dresidual over dy),
+     * at any parallelism. Bits, not bounds: g = bit ? dy : +0 is the same float as y's mask gives.
+     */
+    @Property(tries = 100)
+    void workspaceGivesTheBitsOfTheYForm(@ForAll(supplier = Shapes.Any.class) TensorShape shape,
+                                         @ForAll long seed, @ForAll Distribution first,
+                                         @ForAll boolean withResidual,
+                                         @ForAll @net.jqwik.api.constraints.IntRange(min = 0, max = 2) int inPlace,
+                                         @ForAll @net.jqwik.api.constraints.IntRange(min = 1, max = 3) int parallelism) {
+        float[] x = TestData.tensor(shape, seed, ForwardProperties.kindsFrom(first));
+        float[] r = withResidual ? residual(x.length, seed + 9) : null;
+        float[] dy = BackwardProperties.upstream(x.length, seed + 5);
+        float[] gamma = TestData.gaussian(shape.channels(), seed + 1, 1);
+        float[] beta = TestData.gaussian(shape.channels(), seed + 2, 1);
+        BatchNorm bn = BatchNorm.builder(shape).activation(Activation.RELU).parallelism(parallelism).build();
+        Runs.Training fwd = Runs.fusedTraining(bn, x, r, gamma, beta);
+        Runs.FusedBackward yForm = Runs.fusedBackward(bn, false, x, dy, fwd.y(), gamma, fwd.mean(), fwd.variance());
+        Runs.Masked w = Runs.workspaceRun(bn, x, r, dy, gamma, beta, inPlace);
+        String at = shape + " residual " + withResidual + " inPlace " + inPlace + " parallelism " + parallelism;
+        Expect.bitwiseEqual("y", fwd.y(), w.forward().y(), at);
+        Expect.bitwiseEqual("mean", fwd.mean(), w.forward().mean(), at);
+        Expect.bitwiseEqual("variance", fwd.variance(), w.forward().variance(), at);
+        assertEquals(Math.ceilDiv(x.length, 64) + 1, w.mask().length, "words of the mask and the spare one");
+        for (int i = 0; i < w.mask().length * 64; i++) {
+            boolean bit = (w.mask()[i >>> 6] >>> (i & 63) & 1) != 0;
+            assertEquals(i < x.length && !(fwd.y()[i] <= 0f), bit, "mask bit " + i + " " + at);
+        }
+        Expect.bitwiseEqual("dx", yForm.dx(), w.backward().dx(), at);
+        Expect.bitwiseEqual("dresidual", yForm.dresidual(), w.backward().dresidual(), at);
+        Expect.bitwiseEqual("dgamma", yForm.dgamma(), w.backward().dgamma(), at);
+        Expect.bitwiseEqual("dbeta", yForm.dbeta(), w.backward().dbeta(), at);
+    }
+
     /** In place (y over x, y over the residual, dx or dresidual over dy) gives the same bits. */
     @Property(tries = 60)
     void inPlaceEqualsOutOfPlace(@ForAll(supplier = Shapes.Any.class) TensorShape shape, @ForAll long seed,

@@ -57,6 +57,33 @@ final class Arguments {
         return view(add(name, s, v.floats(), v.describe(what), optional, true), s, v);
     }
 
+    /**
+     * The fused ReLU's mask workspace: exactly {@code bytes}, 64-bit words that the forward
+     * writes atomically at the ends of its pieces, hence aligned to 8 bytes.
+     */
+    Arguments workspace(String name, MemorySegment s, long bytes, boolean output) {
+        try {
+            if (s == null) {                       // the message built only when thrown
+                throw new NullPointerException(name + ": expected a segment of " + bytes
+                        + " bytes (the ReLU's mask, workspaceBytes()), got null");
+            }
+            requireLive(name, s);
+            if (s.byteSize() != bytes) {
+                throw new IllegalArgumentException(name + ": expected " + bytes + " bytes (the ReLU's"
+                        + " mask, workspaceBytes()), got " + s.byteSize() + " bytes");
+            }
+            if (s.maxByteAlignment() < Long.BYTES) {
+                throw new IllegalArgumentException(name + ": expected a segment aligned to 8 bytes"
+                        + " (arena.allocate(bytes, 8)), got one aligned to " + s.maxByteAlignment());
+            }
+            requireWritable(name, s, output);
+        } catch (RuntimeException e) {
+            clear();
+            throw e;
+        }
+        return record(name, s, output);
+    }
+
     private Arguments view(Arguments a, MemorySegment s, View v) {
         if (s != null && v.strided()) {
             stride[count - 1] = v.strideBytes();
@@ -137,26 +164,38 @@ final class Arguments {
                 Objects.requireNonNull(s, name + ": expected a segment of " + floats + " floats ("
                         + what + "), got null");
             }
-            if (!s.scope().isAlive()) {
-                throw new IllegalArgumentException(name + ": expected a live segment, got one whose arena is closed");
-            }
+            requireLive(name, s);
             long expected = floats * Float.BYTES;
             if (s.byteSize() != expected) {
                 throw new IllegalArgumentException(name + ": expected " + expected + " bytes (" + floats
                         + " floats, " + what + "), got " + s.byteSize() + " bytes");
             }
-            if (output && s.isReadOnly()) {
-                throw new IllegalArgumentException(name + ": expected a writable segment, got a read-only one");
-            }
+            requireWritable(name, s, output);
         } catch (RuntimeException e) {
             clear();
             throw e;
         }
+        return record(name, s, output);
+    }
+
+    private Arguments record(String name, MemorySegment s, boolean output) {
         names[count] = name;
         segments[count] = s;
         written[count] = output;
         count++;
         return this;
+    }
+
+    private static void requireLive(String name, MemorySegment s) {
+        if (!s.scope().isAlive()) {
+            throw new IllegalArgumentException(name + ": expected a live segment, got one whose arena is closed");
+        }
+    }
+
+    private static void requireWritable(String name, MemorySegment s, boolean output) {
+        if (output && s.isReadOnly()) {
+            throw new IllegalArgumentException(name + ": expected a writable segment, got a read-only one");
+        }
     }
 
     /** Throws unless slots i (an output) and j are disjoint, or the same region when in place. */

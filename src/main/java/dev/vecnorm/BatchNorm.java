@@ -206,6 +206,90 @@ public final class BatchNorm {
         engineFor(shareable).forwardTraining(x, residual, gamma, beta, y, mean, variance, relu);
     }
 
+    /**
+     * Bytes of the ReLU's mask workspace of this shape: one bit per element of y in 64-bit
+     * words, and one spare word that the kernels' 8-byte reads may touch
+     * ({@code 8 * (ceil(elements / 64) + 1)}). Allocate it aligned to 8 bytes, e.g.
+     * {@code arena.allocate(bn.workspaceBytes(), 8)}.
+     */
+    public long workspaceBytes() {
+        return 8 * (Math.ceilDiv(shape.elements(), 64) + 1);
+    }
+
+    /**
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment) The fused training forward} (residual null
+     * for none) that also writes the ReLU's mask into {@code workspace}, for
+     * {@link #backwardWithWorkspace}: the same y, mean and variance, and one bit per element
+     * (1/32 of y's bytes; the spare word is left zero). As oneDNN's {@code fuse_norm_relu} workspace, it spares the backward
+     * reading y: that backward reads x, dy and the bits, as the plain one reads x and dy. Bit e
+     * is element e in dense order (NCHW {@code ((n C + c) H W + s)}, NHWC {@code (row C + c)}),
+     * bit {@code e % 64} of 64-bit native word {@code e / 64}: 1 where {@code y > 0} or y is
+     * NaN (the gradient passes), 0 where the ReLU gave 0.
+     *
+     * @param workspace output, {@link #workspaceBytes()} bytes aligned to 8
+     * @throws IllegalStateException    if the activation is not {@link Activation#RELU}
+     * @throws IllegalArgumentException as the call without it, and for a workspace of another
+     *                                  size or alignment, read-only, or overlapping
+     * @throws NullPointerException     as the call without it, or if workspace is null
+     */
+    public void forwardTraining(MemorySegment x, MemorySegment residual, MemorySegment gamma,
+                                MemorySegment beta, MemorySegment y, MemorySegment mean,
+                                MemorySegment variance, MemorySegment workspace) {
+        requireRelu("forwardTraining");
+        requireBatchOfMany("forwardTraining");
+        int c = shape.channels();
+        boolean shareable = Arguments.start()
+                .input("x", x, inView, "the input tensor", false)
+                .input("residual", residual, outView, "the tensor added before the activation", true)
+                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("beta", beta, c, "one shift per channel", true)
+                .output("y", y, outView, "the output tensor", false)
+                .output("mean", mean, c, "one mean per channel", false)
+                .output("variance", variance, c, "one variance per channel", false)
+                .workspace("workspace", workspace, workspaceBytes(), true)
+                .finish("y", "x", "y", "residual");
+        engineFor(shareable).forwardTraining(x, residual, gamma, beta, null, y, mean, variance,
+                true, workspace);
+    }
+
+    /**
+     * {@link #backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment) The fused
+     * backward} with the ReLU's mask taken from the {@code workspace} that
+     * {@link #forwardTraining(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
+     * MemorySegment, MemorySegment, MemorySegment, MemorySegment) forwardTraining} wrote, in
+     * place of its output y: {@code g = bit ? dy : 0}, the same values, so the same bits as the
+     * y form given that forward's y. It reads x, dy and the bits in each of its two passes, and
+     * writes dx (and dresidual): the traffic of the plain backward, plus 1/32 of a tensor per
+     * pass. {@code dx} or {@code dresidual} (not both) may be {@code dy}.
+     *
+     * @param workspace the mask, {@link #workspaceBytes()} bytes aligned to 8
+     * @throws IllegalStateException    if the activation is not {@link Activation#RELU}
+     * @throws IllegalArgumentException as the y form, and for a workspace of another size or
+     *                                  alignment, or overlapping an output
+     * @throws NullPointerException     if x, dy, workspace, mean, variance or dx is null
+     */
+    public void backwardWithWorkspace(MemorySegment x, MemorySegment dy, MemorySegment workspace,
+                                      MemorySegment gamma, MemorySegment mean,
+                                      MemorySegment variance, MemorySegment dx,
+                                      MemorySegment dresidual, MemorySegment dgamma,
+                                      MemorySegment dbeta) {
+        requireRelu("backwardWithWorkspace");
+        requireBatchOfMany("backward");
+        boolean shareable = fusedBackwardArguments(x, dy, workspace, true, gamma, mean, variance,
+                dx, dresidual, dgamma, dbeta);
+        engineFor(shareable).backwardMasked(x, dy, workspace, gamma, mean, variance, dx, dresidual,
+                dgamma, dbeta);
+    }
+
+    private void requireRelu(String call) {
+        if (!relu) {
+            throw new IllegalStateException(call + ": expected activation RELU (the workspace holds"
+                    + " a ReLU's mask), got " + activation);
+        }
+    }
+
     /** The forward-training calls' checks; {@code residualOptional} allows a null residual. */
     private boolean trainingArguments(MemorySegment x, MemorySegment residual,
                                       boolean residualOptional, MemorySegment gamma,
@@ -474,8 +558,8 @@ public final class BatchNorm {
                          MemorySegment mean, MemorySegment variance, MemorySegment dx,
                          MemorySegment dresidual, MemorySegment dgamma, MemorySegment dbeta) {
         requireBatchOfMany("backward");
-        boolean shareable = fusedBackwardArguments(x, dy, y, gamma, mean, variance, dx, dresidual,
-                dgamma, dbeta);
+        boolean shareable = fusedBackwardArguments(x, dy, y, false, gamma, mean, variance, dx,
+                dresidual, dgamma, dbeta);
         engineFor(shareable).backward(x, dy, relu ? y : null, gamma, mean, variance, dx, dresidual,
                 dgamma, dbeta, false);
     }
@@ -496,23 +580,25 @@ public final class BatchNorm {
                                              MemorySegment variance, MemorySegment dx,
                                              MemorySegment dresidual, MemorySegment dgamma,
                                              MemorySegment dbeta) {
-        boolean shareable = fusedBackwardArguments(x, dy, y, gamma, mean, variance, dx, dresidual,
-                dgamma, dbeta);
+        boolean shareable = fusedBackwardArguments(x, dy, y, false, gamma, mean, variance, dx,
+                dresidual, dgamma, dbeta);
         engineFor(shareable).backward(x, dy, relu ? y : null, gamma, mean, variance, dx, dresidual,
                 dgamma, dbeta, true);
     }
 
-    private boolean fusedBackwardArguments(MemorySegment x, MemorySegment dy, MemorySegment y,
-                                           MemorySegment gamma, MemorySegment mean,
-                                           MemorySegment variance, MemorySegment dx,
-                                           MemorySegment dresidual, MemorySegment dgamma,
-                                           MemorySegment dbeta) {
+    /** The fused backward's checks; {@code mask} is y, or the workspace when {@code workspace}. */
+    private boolean fusedBackwardArguments(MemorySegment x, MemorySegment dy, MemorySegment mask,
+                                           boolean workspace, MemorySegment gamma,
+                                           MemorySegment mean, MemorySegment variance,
+                                           MemorySegment dx, MemorySegment dresidual,
+                                           MemorySegment dgamma, MemorySegment dbeta) {
         int c = shape.channels();
-        return Arguments.start()
+        Arguments a = Arguments.start()
                 .input("x", x, inView, "the forward input tensor", false)
-                .input("dy", dy, outView, "the gradient of the output", false)
-                .input("y", y, outView, "the forward output, for the ReLU's mask", !relu)
-                .input("gamma", gamma, c, "one scale per channel", true)
+                .input("dy", dy, outView, "the gradient of the output", false);
+        a = workspace ? a.workspace("workspace", mask, workspaceBytes(), false)
+                : a.input("y", mask, outView, "the forward output, for the ReLU's mask", !relu);
+        return a.input("gamma", gamma, c, "one scale per channel", true)
                 .input("mean", mean, c, "one mean per channel", false)
                 .input("variance", variance, c, "one variance per channel", false)
                 .output("dx", dx, inView, "the gradient of the input", false)

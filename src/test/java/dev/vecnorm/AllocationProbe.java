@@ -80,6 +80,16 @@ final class AllocationProbe {
         calls.put("fused backward " + shape, () -> relu.backward(x, dy, y, gamma, mean, var, dx, dres, dgamma, dbeta));
         calls.put("fused frozen backward " + shape,
                 () -> relu.backwardWithFrozenStatistics(x, dy, y, gamma, mean, var, dx, dres, dgamma, dbeta));
+        // The mask workspace: the forward that writes it (with and without the residual), the
+        // backward that reads it (with and without dresidual).
+        MemorySegment ws = arena.allocate(relu.workspaceBytes(), 8);
+        calls.put("workspace forwardTraining " + shape, () -> relu.forwardTraining(x, r, gamma, beta, y, mean, var, ws));
+        calls.put("workspace forwardTraining, no residual " + shape,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, ws));
+        calls.put("workspace backward " + shape,
+                () -> relu.backwardWithWorkspace(x, dy, ws, gamma, mean, var, dx, dres, dgamma, dbeta));
+        calls.put("workspace backward, no dresidual " + shape,
+                () -> relu.backwardWithWorkspace(x, dy, ws, gamma, mean, var, dx, null, dgamma, dbeta));
         return calls;
     }
 

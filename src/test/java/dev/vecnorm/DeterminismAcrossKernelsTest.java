@@ -60,6 +60,11 @@ class DeterminismAcrossKernelsTest {
                 String fused = " " + hash(fr.y()) + " " + hash(f0.y()) + " " + hash(fi) + " " + hash(fg.dx())
                         + " " + hash(fg.dresidual()) + " " + hash(fg.dgamma()) + " " + hash(fg.dbeta())
                         + " " + hash(ff.dx()) + " " + hash(ff.dgamma());
+                // The mask workspace: its forward's y and words, and the backward that reads it.
+                Runs.Masked mw = Runs.workspaceRun(relu, x, r, dy, gamma, beta, 0);
+                fused += " " + hash(mw.forward().y()) + " " + Long.toHexString(java.util.Arrays.hashCode(mw.mask()))
+                        + " " + hash(mw.backward().dx()) + " " + hash(mw.backward().dresidual())
+                        + " " + hash(mw.backward().dgamma());
                 String key = shape.batch() + "x" + shape.channels() + "x" + shape.spatial() + " "
                         + shape.layout() + " " + kind;
                 out.put(key, hash(t.y()) + " " + hash(t.mean()) + " " + hash(t.variance()) + " "

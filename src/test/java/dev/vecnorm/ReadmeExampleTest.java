@@ -53,6 +53,13 @@ class ReadmeExampleTest {
                 assertEquals(out > 0 ? dy.getAtIndex(ValueLayout.JAVA_FLOAT, i) : 0f,
                         dresidual.getAtIndex(ValueLayout.JAVA_FLOAT, i), "dresidual = dy where y > 0");
             }
+            // The workspace form: the same call writes the mask, and its backward gives the same bits.
+            float[] dxFromY = Segments.toArray(dx), dresFromY = Segments.toArray(dresidual);
+            MemorySegment mask = arena.allocate(block.workspaceBytes(), 8);
+            block.forwardTraining(x, residual, gamma, beta, y, mean, var, mask);
+            block.backwardWithWorkspace(x, dy, mask, gamma, mean, var, dx, dresidual, dgamma, dbeta);
+            Expect.bitwiseEqual("dx", dxFromY, Segments.toArray(dx), "workspace");
+            Expect.bitwiseEqual("dresidual", dresFromY, Segments.toArray(dresidual), "workspace");
         }
         assertTrue(BatchNorm.kernels().equals("scalar") || BatchNorm.kernels().startsWith("vector "));
     }

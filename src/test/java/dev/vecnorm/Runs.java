@@ -124,4 +124,40 @@ final class Runs {
                     Segments.toArray(dgamma), Segments.toArray(dbeta));
         }
     }
+
+    /** The workspace's forward and backward: y and statistics, the mask's words, the gradients. */
+    record Masked(Training forward, long[] mask, FusedBackward backward) {
+    }
+
+    /**
+     * The ReLU training forward that writes the mask workspace (with a residual when it is not
+     * null), then the backward that reads it, writing dresidual; {@code inPlace} 1 writes dx
+     * over dy, 2 dresidual over dy.
+     */
+    static Masked workspaceRun(BatchNorm bn, float[] x, float[] residual, float[] dy, float[] gamma,
+                               float[] beta, int inPlace) {
+        try (Arena arena = Arena.ofShared()) {
+            int channels = bn.shape().channels();
+            MemorySegment xs = Segments.of(arena, x);
+            MemorySegment y = Segments.zeros(arena, x.length);
+            MemorySegment mean = Segments.zeros(arena, channels);
+            MemorySegment var = Segments.zeros(arena, channels);
+            MemorySegment g = gamma == null ? null : Segments.of(arena, gamma);
+            MemorySegment b = beta == null ? null : Segments.of(arena, beta);
+            MemorySegment ws = arena.allocate(bn.workspaceBytes(), 8);
+            ws.fill((byte) 0xa5);
+            bn.forwardTraining(xs, residual == null ? null : Segments.of(arena, residual), g, b, y,
+                    mean, var, ws);
+            MemorySegment dys = Segments.of(arena, dy);
+            MemorySegment dx = inPlace == 1 ? dys : Segments.zeros(arena, x.length);
+            MemorySegment dres = inPlace == 2 ? dys : Segments.zeros(arena, x.length);
+            MemorySegment dgamma = Segments.zeros(arena, channels);
+            MemorySegment dbeta = Segments.zeros(arena, channels);
+            bn.backwardWithWorkspace(xs, dys, ws, g, mean, var, dx, dres, dgamma, dbeta);
+            return new Masked(new Training(Segments.toArray(y), Segments.toArray(mean), Segments.toArray(var)),
+                    ws.toArray(java.lang.foreign.ValueLayout.JAVA_LONG),
+                    new FusedBackward(Segments.toArray(dx), Segments.toArray(dres),
+                            Segments.toArray(dgamma), Segments.toArray(dbeta)));
+        }
+    }
 }

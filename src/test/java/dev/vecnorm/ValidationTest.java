@@ -278,6 +278,51 @@ class ValidationTest {
         Rejections.assertUntouched(dres);
     }
 
+    /**
+     * The mask workspace: 8 * (ceil(120 / 64) + 1) = 24 bytes for this shape, aligned to 8 (its
+     * partial words are ORed atomically), writable for the forward, an input of the backward;
+     * only an instance with activation RELU takes one. Rejected calls write neither the outputs
+     * nor the workspace.
+     */
+    @Test
+    void theWorkspaceIsCheckedBeforeAnyWrite() {
+        BatchNorm relu = BatchNorm.builder(SHAPE).activation(Activation.RELU).build();
+        assertEquals(24, relu.workspaceBytes());
+        MemorySegment ws = arena.allocate(24, 8), dres = sentinel(E);
+        ws.fill((byte) 0x5a);
+        MemorySegment before = arena.allocate(24, 8).copyFrom(ws);
+        rejects(IllegalStateException.class,
+                () -> bn.forwardTraining(x, null, gamma, beta, y, mean, var, ws), "forwardTraining", "RELU", "NONE");
+        rejects(IllegalStateException.class,
+                () -> bn.backwardWithWorkspace(x, dy, ws, gamma, mean, var, dx, null, dgamma, dbeta), "RELU", "NONE");
+        rejects(NullPointerException.class,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, null), "workspace:", "24 bytes", "got null");
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, ws.asSlice(0, 16)),
+                "workspace:", "expected 24 bytes", "got 16 bytes");
+        MemorySegment wide = arena.allocate(32, 8);
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, wide.asSlice(4, 24)),
+                "workspace:", "aligned to 8", "got one aligned to 4");
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, ws.asReadOnly()),
+                "workspace:", "writable");
+        rejects(IllegalArgumentException.class,
+                () -> relu.forwardTraining(x, null, gamma, beta, y, mean, var, y.asSlice(0, 24)),
+                "overlapping bytes");
+        rejects(NullPointerException.class,
+                () -> relu.backwardWithWorkspace(x, dy, null, gamma, mean, var, dx, dres, dgamma, dbeta),
+                "workspace:", "got null");
+        rejects(IllegalArgumentException.class,
+                () -> relu.backwardWithWorkspace(x, dy, dx.asSlice(0, 24), gamma, mean, var, dx, dres, dgamma, dbeta),
+                "dx:", "input workspace");
+        Rejections.assertUntouched(dres);
+        assertEquals(-1, ws.mismatch(before), "a rejected forward wrote the workspace");
+        // The backward only reads it: a read-only view is accepted.
+        relu.forwardTraining(x, null, gamma, beta, y, mean, var, ws);
+        relu.backwardWithWorkspace(x, dy, ws.asReadOnly(), gamma, mean, var, dx, dres, dgamma, dbeta);
+    }
+
     @Test
     void theUnfusedBackwardOfAReluInstanceNamesTheOverloadToCall() {
         BatchNorm relu = BatchNorm.builder(SHAPE).activation(Activation.RELU).build();
