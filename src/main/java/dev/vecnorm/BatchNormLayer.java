@@ -78,6 +78,16 @@ public final class BatchNormLayer implements AutoCloseable {
     private final MemorySegment savedMean, savedVariance;
     /** The shape of the last forward that computed batch statistics; guarded by this. */
     private TensorShape savedShape;
+    /**
+     * With activation RELU: the mask workspace (see {@link BatchNorm#workspaceBytes()}) that the
+     * last forward with batch statistics wrote, for its backward, which then reads it instead of
+     * y; {@code maskCapacity} is the allocation, grown to the largest shape seen (at least
+     * doubling, so its garbage in the arena is at most its size), {@code mask} its slice for
+     * {@code maskShape}. Guarded by this.
+     */
+    private MemorySegment maskCapacity, mask;
+    private TensorShape maskShape;
+    private boolean maskValid;
     private volatile boolean training = true;
     private volatile boolean closed;
 
@@ -224,7 +234,11 @@ public final class BatchNormLayer implements AutoCloseable {
         }
         synchronized (this) {
             requireOpen();
-            bn.forwardTraining(x, weight, bias, y, savedMean, savedVariance);
+            if (activation == Activation.RELU) {
+                bn.forwardTraining(x, null, weight, bias, y, savedMean, savedVariance, mask(bn, shape));
+            } else {
+                bn.forwardTraining(x, weight, bias, y, savedMean, savedVariance);
+            }
             recordBatchStatistics(bn, shape);
         }
     }
@@ -247,14 +261,38 @@ public final class BatchNormLayer implements AutoCloseable {
         }
         synchronized (this) {
             requireOpen();
-            bn.forwardTraining(x, residual, weight, bias, y, savedMean, savedVariance);
+            if (activation == Activation.RELU) {
+                Objects.requireNonNull(residual, "residual: expected a tensor of " + shape + ", got null");
+                bn.forwardTraining(x, residual, weight, bias, y, savedMean, savedVariance, mask(bn, shape));
+            } else {
+                bn.forwardTraining(x, residual, weight, bias, y, savedMean, savedVariance);
+            }
             recordBatchStatistics(bn, shape);
         }
+    }
+
+    /**
+     * The mask workspace for a forward of {@code shape}, marked invalid until that forward has
+     * written it (a forward that throws leaves no mask for backward to trust).
+     */
+    private MemorySegment mask(BatchNorm bn, TensorShape shape) {
+        maskValid = false;
+        if (!shape.equals(maskShape)) {
+            long bytes = bn.workspaceBytes();
+            if (maskCapacity == null || maskCapacity.byteSize() < bytes) {
+                long grown = maskCapacity == null ? bytes : Math.max(bytes, 2 * maskCapacity.byteSize());
+                maskCapacity = arena.allocate(grown, 64);
+            }
+            mask = maskCapacity.asSlice(0, bytes);
+            maskShape = shape;
+        }
+        return mask;
     }
 
     /** After a forward with batch statistics: keep its shape for backward, count and update. */
     private void recordBatchStatistics(BatchNorm bn, TensorShape shape) {
         savedShape = shape;
+        maskValid = activation == Activation.RELU;
         if (training && trackRunningStats) {
             long n = numBatchesTracked.get(I64, 0) + 1;
             bn.updateRunningStatistics(savedMean, savedVariance, runningMean, runningVariance, n);
@@ -304,6 +342,10 @@ public final class BatchNormLayer implements AutoCloseable {
      * MemorySegment, MemorySegment, MemorySegment)}, through the ten-argument
      * {@link BatchNorm#backward(MemorySegment, MemorySegment, MemorySegment, MemorySegment,
      * MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment, MemorySegment)}.
+     * With batch statistics and activation RELU the layer keeps the mask that its last forward
+     * wrote ({@link BatchNorm#backwardWithWorkspace}, 1/32 of y's bytes) and reads that instead
+     * of y, which is then only checked for its size: the same bits as the y form given that
+     * forward's output, for less traffic.
      *
      * @throws IllegalArgumentException as the four-argument backward, and for a wrong y size
      * @throws NullPointerException     if x, dy, y or dx is null
@@ -316,8 +358,15 @@ public final class BatchNormLayer implements AutoCloseable {
             requireOpen();
             if (usesBatchStatistics()) {
                 requireSavedShape(shape);
-                bn.backward(x, dy, y, weight, savedMean, savedVariance, dx, dresidual,
-                        weightGradient, biasGradient);
+                if (maskValid && shape.equals(maskShape)) {
+                    // The forward's mask, 1/32 of y's bytes, read in place of y.
+                    Arguments.start().input("y", y, bn.outView(), "the forward output", false).finish(null, null);
+                    bn.backwardWithWorkspace(x, dy, mask, weight, savedMean, savedVariance, dx,
+                            dresidual, weightGradient, biasGradient);
+                } else {
+                    bn.backward(x, dy, y, weight, savedMean, savedVariance, dx, dresidual,
+                            weightGradient, biasGradient);
+                }
             } else {
                 bn.backwardWithFrozenStatistics(x, dy, y, weight, runningMean, runningVariance,
                         dx, dresidual, weightGradient, biasGradient);

@@ -204,6 +204,50 @@ class BatchNormLayerTest {
         }
     }
 
+    /**
+     * A RELU layer's training backward reads the mask its forward kept: the bits of BatchNorm's
+     * y-form fused backward given that forward's output, so it is given a zeroed y here (the
+     * y form would mask every gradient to 0); after a forward of another shape, the mask of
+     * the new shape, and a second backward still the same bits (the mask is not consumed).
+     */
+    @Test
+    void reluBackwardReadsTheForwardsMask() {
+        for (TensorShape shape : List.of(TensorShape.nchw(3, C, 5, 3), TensorShape.nhwc(3, C, 5, 3),
+                TensorShape.nhwc(2, C, 1, 1))) {
+            try (Arena arena = Arena.ofShared();
+                 BatchNormLayer layer = BatchNormLayer.builder(C).activation(Activation.RELU).build()) {
+                Map<String, MemorySegment> state = randomState(arena, C, 60, 0, true, true);
+                layer.loadStateDict(state);
+                float[] gamma = floats(state, "weight"), beta = floats(state, "bias");
+                TensorShape other = TensorShape.nchw(shape.batch() + 1, C, 2, 2);
+                float[] xo = TestData.tensor(other, 61, TestData.Distribution.NORMAL);
+                layer.forward(other, Segments.of(arena, xo), Segments.zeros(arena, xo.length));
+                float[] x = TestData.tensor(shape, 62, TestData.Distribution.NORMAL);
+                float[] r = TestData.gaussian(x.length, 63, 1);
+                float[] dy = TestData.gaussian(x.length, 64, 1);
+                BatchNorm direct = BatchNorm.builder(shape).activation(Activation.RELU).build();
+                Runs.Training t = Runs.fusedTraining(direct, x, r, gamma, beta);
+                Runs.FusedBackward expected = Runs.fusedBackward(direct, false, x, dy, t.y(), gamma, t.mean(), t.variance());
+                MemorySegment xs = Segments.of(arena, x), y = Segments.zeros(arena, x.length);
+                layer.forward(shape, xs, Segments.of(arena, r), y);
+                Expect.bitwiseEqual("y", t.y(), Segments.toArray(y), shape.toString());
+                for (int repeat = 0; repeat < 2; repeat++) {
+                    MemorySegment dx = Segments.zeros(arena, x.length), dres = Segments.zeros(arena, x.length);
+                    layer.backward(shape, xs, Segments.of(arena, dy), Segments.zeros(arena, x.length), dx, dres);
+                    String where = shape + ", repeat " + repeat;
+                    Expect.bitwiseEqual("dx", expected.dx(), Segments.toArray(dx), where);
+                    Expect.bitwiseEqual("dresidual", expected.dresidual(), Segments.toArray(dres), where);
+                    Expect.bitwiseEqual("dweight", expected.dgamma(), Segments.toArray(layer.weightGradient()), where);
+                    Expect.bitwiseEqual("dbias", expected.dbeta(), Segments.toArray(layer.biasGradient()), where);
+                }
+                // A y of the wrong size is still rejected.
+                assertThrows(IllegalArgumentException.class, () -> layer.backward(shape, xs,
+                        Segments.of(arena, dy), Segments.zeros(arena, x.length - 1),
+                        Segments.zeros(arena, x.length), null));
+            }
+        }
+    }
+
     /** Backward in evaluation mode is the frozen-statistics backward with the running statistics. */
     @Test
     void evaluationBackwardFreezesTheStatistics() {
