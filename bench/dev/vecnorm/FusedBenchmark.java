@@ -31,9 +31,13 @@ import org.openjdk.jmh.annotations.TearDown;
 @OutputTimeUnit(TimeUnit.MILLISECONDS)
 public class FusedBenchmark {
 
-    /** The benchmarks, in the report's order: fused, then its separate counterpart. */
-    public static final String[] KERNELS = {"reluTraining", "addReluTraining", "reluInference",
-        "addReluInference", "reluBackward", "addReluBackward"};
+    /**
+     * The fused benchmarks, in the report's order (each has a separate counterpart, {@code
+     * kernel + "Separate"}; a workspace form shares its base kernel's).
+     */
+    public static final String[] KERNELS = {"reluTraining", "reluTrainingWorkspace", "addReluTraining",
+        "addReluTrainingWorkspace", "reluInference", "addReluInference", "reluBackward",
+        "reluBackwardWorkspace", "addReluBackward", "addReluBackwardWorkspace"};
 
     private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
     private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
@@ -49,7 +53,7 @@ public class FusedBenchmark {
 
     private Arena arena;
     private BatchNorm plain, relu;
-    private MemorySegment x, r, y, dy, dx, g, gamma, beta, mean, variance, dgamma, dbeta;
+    private MemorySegment x, r, y, dy, dx, g, gamma, beta, mean, variance, dgamma, dbeta, ws;
 
     @Setup
     public void setUp() {
@@ -71,14 +75,18 @@ public class FusedBenchmark {
         dbeta = arena.allocate(4L * c, 64);
         plain = BatchNorm.builder(tensor).epsilon(1e-5f).parallelism(threads).build();
         relu = BatchNorm.builder(tensor).epsilon(1e-5f).parallelism(threads).activation(Activation.RELU).build();
+        ws = arena.allocate(relu.workspaceBytes(), 64);
         relu.forwardTraining(x, r, gamma, beta, y, mean, variance);
         BatchNormBenchmark.warmUp(() -> {          // past the interpreter and C1, as BatchNormBenchmark
             addReluTraining();
             addReluTrainingSeparate();
             addReluBackward();
             addReluBackwardSeparate();
+            addReluTrainingWorkspace();
+            addReluBackwardWorkspace();
         });
-        relu.forwardTraining(x, r, gamma, beta, y, mean, variance);
+        // y and the mask of the same forward, for both backward forms.
+        relu.forwardTraining(x, r, gamma, beta, y, mean, variance, ws);
     }
 
     // ---- forward training
@@ -148,6 +156,28 @@ public class FusedBenchmark {
         relu.backward(x, dy, y, gamma, mean, variance, dx, g, dgamma, dbeta);
     }
 
+    // ---- the mask workspace: the forward writes it, the backward reads it instead of y
+
+    @Benchmark
+    public void reluTrainingWorkspace() {
+        relu.forwardTraining(x, null, gamma, beta, y, mean, variance, ws);
+    }
+
+    @Benchmark
+    public void addReluTrainingWorkspace() {
+        relu.forwardTraining(x, r, gamma, beta, y, mean, variance, ws);
+    }
+
+    @Benchmark
+    public void reluBackwardWorkspace() {
+        relu.backwardWithWorkspace(x, dy, ws, gamma, mean, variance, dx, null, dgamma, dbeta);
+    }
+
+    @Benchmark
+    public void addReluBackwardWorkspace() {
+        relu.backwardWithWorkspace(x, dy, ws, gamma, mean, variance, dx, g, dgamma, dbeta);
+    }
+
     /** The separate mask pass writes g, which is dresidual; then the plain backward reads it. */
     @Benchmark
     public void addReluBackwardSeparate() {
@@ -201,6 +231,12 @@ public class FusedBenchmark {
             addReluBackwardSeparate();
             if (fdx.mismatch(dx) >= 0) {
                 throw new IllegalStateException("fused dx differs from the mask then backward at float "
+                        + fdx.mismatch(dx) / 4);
+            }
+            relu.forwardTraining(x, r, gamma, beta, fused, mean, variance, ws);
+            relu.backwardWithWorkspace(x, dy, ws, gamma, mean, variance, fdx, null, null, null);
+            if (fdx.mismatch(dx) >= 0) {
+                throw new IllegalStateException("dx from the workspace differs from the mask then backward at float "
                         + fdx.mismatch(dx) / 4);
             }
         } finally {

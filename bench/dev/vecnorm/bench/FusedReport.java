@@ -86,14 +86,15 @@ final class FusedReport {
                     if (fused == null) {
                         continue;
                     }
-                    double separate = orNaN(ms.get(kernel + "Separate/" + shape + "/" + layout));
-                    double base = Report.median(mine.get(new Report.Key(PLAIN.get(kernel), shape, layout, "vector", threads)));
+                    String form = kernel.replace("Workspace", "");     // the same call without the workspace
+                    double separate = orNaN(ms.get(form + "Separate/" + shape + "/" + layout));
+                    double base = Report.median(mine.get(new Report.Key(PLAIN.get(form), shape, layout, "vector", threads)));
                     t.append(String.format(Locale.ROOT, "| %s | %s | %s | %.4g | %s | %s | %.4g | %.2fx |", s.cells(shape), layout,
                             kernel, fused, fmt(base), Double.isNaN(base) ? "" : String.format(Locale.ROOT, "%+.0f %%",
                                     100 * (fused / base - 1)), separate, separate / fused));
                     if (s.peers()) {
-                        double dnnl = orNaN(peer.get("oneDNN/" + shape + "/" + kernel));
-                        double torch = orNaN(peer.get("PyTorch/" + shape + "/" + kernel));
+                        double dnnl = orNaN(peer.get("oneDNN/" + shape + "/" + form));
+                        double torch = orNaN(peer.get("PyTorch/" + shape + "/" + form));
                         double best = Math.min(Double.isNaN(dnnl) ? Double.MAX_VALUE : dnnl,
                                 Double.isNaN(torch) ? Double.MAX_VALUE : torch);
                         t.append(String.format(Locale.ROOT, " %s | %s | %s |", fmt(dnnl), fmt(torch),
