@@ -49,10 +49,23 @@ final class VectorReductions {
 
     private static final VectorSpecies<Long> LONGS = VectorSpecies.of(long.class, DOUBLES.vectorShape());
     /**
-     * For two lanes, entry k (two longs) keeps lane i where bit i of k is set: on the two lanes
-     * of 128-bit doubles C2 boxed the masks of {@code VectorMask.fromLong} (every call allocated).
+     * Up to four lanes: entry k (DL longs) keeps lane i where bit i of k is set, ANDed into the
+     * doubles' bits. {@code VectorMask.fromLong} boxed on 128-bit doubles (every call allocated)
+     * and, without AVX-512's mask registers, doubled the 256-bit masked sums' time.
      */
-    private static final long[] KEEP = {0, 0, -1, 0, 0, -1, -1, -1};
+    private static final long[] KEEP = keepTable();
+    private static final int KEEP_BITS = (1 << Math.min(DL, 4)) - 1;
+
+    private static long[] keepTable() {
+        int lanes = Math.min(DL, 4);
+        long[] t = new long[(1 << lanes) * lanes];
+        for (int k = 0; k < 1 << lanes; k++) {
+            for (int i = 0; i < lanes; i++) {
+                t[k * lanes + i] = (k >>> i & 1) != 0 ? -1L : 0L;
+            }
+        }
+        return t;
+    }
 
     private VectorReductions() {
     }
@@ -445,8 +458,8 @@ final class VectorReductions {
                 int lane = at + (int) (o / 4 % VIRTUAL_LANES);
                 DoubleVector g = (DoubleVector) FloatVector.fromMemorySegment(HALF, dy, dyBase + o, NATIVE).convertShape(F2D, DOUBLES, 0);
                 if (ws != null) {              // on the doubles: masks of a 64-bit HALF boxed
-                    g = DL > 2 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, bit + o / 4)))
-                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, bit + o / 4) & 3))).reinterpretAsDoubles();
+                    g = DL > 4 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, bit + o / 4)))
+                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, bit + o / 4) & KEEP_BITS))).reinterpretAsDoubles();
                 }
                 DoubleVector d = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, base + o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector.fromArray(DOUBLES, lanes, lane).add(g).intoArray(lanes, lane);
@@ -546,14 +559,14 @@ final class VectorReductions {
                 DoubleVector g2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 2 * db, NATIVE).convertShape(F2D, DOUBLES, 0)), g3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od + 3 * db, NATIVE).convertShape(F2D, DOUBLES, 0));
                 if (ws != null) {              // on the doubles: masks of a 64-bit HALF boxed
                     long e = r * channels + c;
-                    g0 = DL > 2 ? g0.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e)))
-                            : g0.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e) & 3))).reinterpretAsDoubles();
-                    g1 = DL > 2 ? g1.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + channels)))
-                            : g1.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + channels) & 3))).reinterpretAsDoubles();
-                    g2 = DL > 2 ? g2.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 2L * channels)))
-                            : g2.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + 2L * channels) & 3))).reinterpretAsDoubles();
-                    g3 = DL > 2 ? g3.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 3L * channels)))
-                            : g3.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, e + 3L * channels) & 3))).reinterpretAsDoubles();
+                    g0 = DL > 4 ? g0.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e)))
+                            : g0.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, e) & KEEP_BITS))).reinterpretAsDoubles();
+                    g1 = DL > 4 ? g1.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + channels)))
+                            : g1.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, e + channels) & KEEP_BITS))).reinterpretAsDoubles();
+                    g2 = DL > 4 ? g2.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 2L * channels)))
+                            : g2.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, e + 2L * channels) & KEEP_BITS))).reinterpretAsDoubles();
+                    g3 = DL > 4 ? g3.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, e + 3L * channels)))
+                            : g3.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, e + 3L * channels) & KEEP_BITS))).reinterpretAsDoubles();
                 }
                 DoubleVector u0 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u1 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
                 DoubleVector u2 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 2 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m), u3 = ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o + 3 * rb, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(m);
@@ -569,8 +582,8 @@ final class VectorReductions {
                 long o = base + 4L * c, od = dbase + 4L * c;
                 DoubleVector g = ((DoubleVector) FloatVector.fromMemorySegment(HALF, dy, od, NATIVE).convertShape(F2D, DOUBLES, 0));
                 if (ws != null) {
-                    g = DL > 2 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, r * channels + c)))
-                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, 2 * (int) (ReluMask.bitsAt(ws, r * channels + c) & 3))).reinterpretAsDoubles();
+                    g = DL > 4 ? g.blend(0.0, VectorMask.fromLong(DOUBLES, ~ReluMask.bitsAt(ws, r * channels + c)))
+                            : g.reinterpretAsLongs().and(LongVector.fromArray(LONGS, KEEP, DL * (int) (ReluMask.bitsAt(ws, r * channels + c) & KEEP_BITS))).reinterpretAsDoubles();
                 }
                 DoubleVector.fromArray(DOUBLES, sumDy, c).add(g).intoArray(sumDy, c);
                 ((DoubleVector) FloatVector.fromMemorySegment(HALF, x, o, NATIVE).convertShape(F2D, DOUBLES, 0)).sub(DoubleVector.fromArray(DOUBLES, mean, c))

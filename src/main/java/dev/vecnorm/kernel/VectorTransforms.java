@@ -4,6 +4,7 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
@@ -38,6 +39,14 @@ final class VectorTransforms {
     private static final VectorOperators.Binary SUB = VectorOperators.SUB, ADD = VectorOperators.ADD;
     private static final VectorOperators.Ternary FMA = VectorOperators.FMA;
     private static final FloatVector ZERO = FloatVector.zero(FLOATS);
+    private static final VectorSpecies<Integer> INTS = VectorSpecies.of(int.class, FLOATS.vectorShape());
+    /**
+     * Lane i holds 1 << i. Up to 8 lanes the workspace's bits become a mask by AND and compare:
+     * {@code VectorMask.fromLong} cost 7-10 % more of the masked dx pass without AVX-512's mask
+     * registers (PERFORMANCE.md, the mask workspace).
+     */
+    private static final IntVector LANE_BITS = IntVector.fromArray(INTS,
+            java.util.stream.IntStream.range(0, 16).map(i -> 1 << i).toArray(), 0);
     /** The low FL bits: a full-width mask's lanes. */
     private static final long FL_BITS = (1L << FL) - 1, HL_BITS = (1L << HL) - 1;
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
@@ -253,7 +262,8 @@ final class VectorTransforms {
                 g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + ys, NATIVE).compare(LE, 0f));
             }
             if (ws != null) {
-                g = g.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)));
+                g = FL > 8 ? g.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)))
+                        : g.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, o >>> 2)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
             }
             if (dres != null) {
                 g.intoMemorySegment(dres, o + ys, NATIVE);
@@ -491,7 +501,8 @@ final class VectorTransforms {
                     g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, oo, NATIVE).compare(LE, 0f));
                 }
                 if (ws != null) {
-                    g = g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, r * channels + ch)));
+                    g = FL > 8 ? g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, r * channels + ch)))
+                            : g.blend(ZERO, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, r * channels + ch)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
                 }
                 if (dres != null) {
                     g.intoMemorySegment(dres, oo, NATIVE);
@@ -549,7 +560,8 @@ final class VectorTransforms {
                 g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
             }
             if (ws != null) {
-                g = g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)));
+                g = FL > 8 ? g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)))
+                        : g.blend(ZERO, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, o >>> 2)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
             }
             if (dres != null) {
                 g.intoMemorySegment(dres, o, NATIVE);
@@ -595,10 +607,14 @@ final class VectorTransforms {
                 }
                 if (ws != null) {
                     long e = r * channels + ch;
-                    g0 = g0.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e)));
-                    g1 = g1.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + channels)));
-                    g2 = g2.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 2L * channels)));
-                    g3 = g3.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 3L * channels)));
+                    g0 = FL > 8 ? g0.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e)))
+                            : g0.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                    g1 = FL > 8 ? g1.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + channels)))
+                            : g1.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                    g2 = FL > 8 ? g2.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 2L * channels)))
+                            : g2.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + 2L * channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                    g3 = FL > 8 ? g3.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 3L * channels)))
+                            : g3.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + 3L * channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
                 }
                 FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE);
                 FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE);
@@ -637,7 +653,8 @@ final class VectorTransforms {
         for (long whole = end & ~63L; e < whole; e += 64) {
             long word = ReluMask.word(ws, e >>> 6), i = 4 * (e - bit);
             for (int k = 0; k < 64; k += FL) {
-                VectorMask<Float> pass = VectorMask.fromLong(FLOATS, word >>> k);
+                VectorMask<Float> pass = FL > 8 ? VectorMask.fromLong(FLOATS, word >>> k)
+                        : IntVector.broadcast(INTS, (int) (word >>> k)).and(LANE_BITS).compare(VectorOperators.NE, 0).cast(FLOATS);
                 ZERO.blend(FloatVector.fromMemorySegment(FLOATS, dy, dyAt + i + 4L * k, NATIVE), pass)
                         .intoMemorySegment(g, gAt + i + 4L * k, NATIVE);
             }
