@@ -179,7 +179,7 @@ public final class BatchNorm {
     public void forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta,
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
-        boolean shareable = trainingArguments(x, null, true, gamma, beta, y, mean, variance);
+        boolean shareable = trainingArguments(x, null, true, gamma, beta, y, mean, variance, false, null);
         engineFor(shareable).forwardTraining(x, null, gamma, beta, y, mean, variance, relu);
     }
 
@@ -202,7 +202,7 @@ public final class BatchNorm {
                                 MemorySegment beta, MemorySegment y, MemorySegment mean,
                                 MemorySegment variance) {
         requireBatchOfMany("forwardTraining");
-        boolean shareable = trainingArguments(x, residual, false, gamma, beta, y, mean, variance);
+        boolean shareable = trainingArguments(x, residual, false, gamma, beta, y, mean, variance, false, null);
         engineFor(shareable).forwardTraining(x, residual, gamma, beta, y, mean, variance, relu);
     }
 
@@ -213,7 +213,7 @@ public final class BatchNorm {
      * {@code arena.allocate(bn.workspaceBytes(), 8)}.
      */
     public long workspaceBytes() {
-        return 8 * (Math.ceilDiv(shape.elements(), 64) + 1);
+        return BatchNormEngine.workspaceBytes(shape.elements());
     }
 
     /**
@@ -238,17 +238,8 @@ public final class BatchNorm {
                                 MemorySegment variance, MemorySegment workspace) {
         requireRelu("forwardTraining");
         requireBatchOfMany("forwardTraining");
-        int c = shape.channels();
-        boolean shareable = Arguments.start()
-                .input("x", x, inView, "the input tensor", false)
-                .input("residual", residual, outView, "the tensor added before the activation", true)
-                .input("gamma", gamma, c, "one scale per channel", true)
-                .input("beta", beta, c, "one shift per channel", true)
-                .output("y", y, outView, "the output tensor", false)
-                .output("mean", mean, c, "one mean per channel", false)
-                .output("variance", variance, c, "one variance per channel", false)
-                .workspace("workspace", workspace, workspaceBytes(), true)
-                .finish("y", "x", "y", "residual");
+        boolean shareable = trainingArguments(x, residual, true, gamma, beta, y, mean, variance,
+                true, workspace);
         engineFor(shareable).forwardTraining(x, residual, gamma, beta, null, y, mean, variance,
                 true, workspace);
     }
@@ -290,21 +281,28 @@ public final class BatchNorm {
         }
     }
 
-    /** The forward-training calls' checks; {@code residualOptional} allows a null residual. */
+    /**
+     * The forward-training calls' checks; {@code residualOptional} allows a null residual, and
+     * {@code withWorkspace} checks {@code workspace} as the mask's output.
+     */
     private boolean trainingArguments(MemorySegment x, MemorySegment residual,
                                       boolean residualOptional, MemorySegment gamma,
                                       MemorySegment beta, MemorySegment y, MemorySegment mean,
-                                      MemorySegment variance) {
+                                      MemorySegment variance, boolean withWorkspace,
+                                      MemorySegment workspace) {
         int c = shape.channels();
-        return Arguments.start()
+        Arguments a = Arguments.start()
                 .input("x", x, inView, "the input tensor", false)
                 .input("residual", residual, outView, "the tensor added before the activation", residualOptional)
                 .input("gamma", gamma, c, "one scale per channel", true)
                 .input("beta", beta, c, "one shift per channel", true)
                 .output("y", y, outView, "the output tensor", false)
                 .output("mean", mean, c, "one mean per channel", false)
-                .output("variance", variance, c, "one variance per channel", false)
-                .finish("y", "x", "y", "residual");
+                .output("variance", variance, c, "one variance per channel", false);
+        if (withWorkspace) {
+            a = a.workspace("workspace", workspace, workspaceBytes(), true);
+        }
+        return a.finish("y", "x", "y", "residual");
     }
 
     /**
@@ -340,7 +338,7 @@ public final class BatchNorm {
                                 MemorySegment y, MemorySegment mean, MemorySegment variance) {
         requireStatistics("statistics", statistics == null ? -1 : statistics.channels(),
                 statistics == null ? 0 : statistics.count());
-        boolean shareable = trainingArguments(x, residual, true, gamma, beta, y, mean, variance);
+        boolean shareable = trainingArguments(x, residual, true, gamma, beta, y, mean, variance, false, null);
         engineFor(shareable).forwardTraining(x, residual, gamma, beta, statistics.moments(), y,
                 mean, variance, relu);
     }

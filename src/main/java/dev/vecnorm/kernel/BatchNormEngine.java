@@ -711,6 +711,11 @@ public final class BatchNormEngine {
         fusedBackward(x, dy, mask, null, gamma, mean, variance, dx, dresidual, dgamma, dbeta, frozen);
     }
 
+    /** Bytes of the ReLU's mask workspace of {@code elements} outputs (see {@link ReluMask}). */
+    public static long workspaceBytes(long elements) {
+        return ReluMask.bytes(elements);
+    }
+
     /**
      * Backward of the fused ReLU forward that wrote the mask workspace {@code ws}: g = mask ? dy
      * : +0 in place of dy, the values of {@link #backward(MemorySegment, MemorySegment,
@@ -863,14 +868,15 @@ public final class BatchNormEngine {
     private MemorySegment maskedGradient(Scratch w, int c0, int c1) {
         MemorySegment g = w.dresidual != null ? w.dresidual : w.dx;
         long gUnit = w.dresidual != null ? outUnit : inUnit;
-        for (int img = 0; w.ws != null && img < n; img++) {
-            kernels.maskedGradient(w.dy, plane(img, c0, outUnit), w.ws,
-                    ((long) img * channels + c0) * spatial, (c1 - c0) * spatial, g, plane(img, c0, gUnit));
-        }
-        for (int img = 0; w.ws == null && img < n; img++) {
-            kernels.planesGradientInput(null, w.dy, w.mask, g, null, channels, spatial,
-                    shift(img, gUnit), shift(img, outUnit), img * channels + c0,
-                    img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
+        for (int img = 0; img < n; img++) {
+            if (w.ws != null) {
+                kernels.maskedGradient(w.dy, plane(img, c0, outUnit), w.ws,
+                        ((long) img * channels + c0) * spatial, (c1 - c0) * spatial, g, plane(img, c0, gUnit));
+            } else {
+                kernels.planesGradientInput(null, w.dy, w.mask, g, null, channels, spatial,
+                        shift(img, gUnit), shift(img, outUnit), img * channels + c0,
+                        img * channels + c1, w.zero, w.one, w.zero, w.negativeZero);
+            }
         }
         return g;
     }

@@ -206,18 +206,16 @@ final class VectorTransforms {
             if (relu) {
                 VectorMask<Float> le = v.compare(LE, 0f);
                 v = v.blend(0f, le);
-                if (ws != null) {
-                    long bits = ~le.toLong() & FL_BITS, el = o >>> 2;
-                    int s = (int) el & 63;
-                    acc |= bits << s;
-                    if (s + FL >= 64) {
-                        if (el >>> 6 << 6 >= e0) {
-                            ReluMask.store(ws, el >>> 6, acc);
-                        } else {
-                            head = acc;               // the range's first word, partial: ORed after the loop
-                        }
-                        acc = bits >>> (64 - s);
+                long bits = ~le.toLong() & FL_BITS, el = o >>> 2;
+                int s = (int) el & 63;
+                acc |= bits << s;
+                if (s + FL >= 64) {
+                    if (el >>> 6 << 6 >= e0) {
+                        ReluMask.store(ws, el >>> 6, acc);
+                    } else {
+                        head = acc;                   // the range's first word, partial: ORed after the loop
                     }
+                    acc = bits >>> (64 - s);
                 }
             }
             v.intoMemorySegment(y, o + ys, NATIVE);
@@ -228,13 +226,9 @@ final class VectorTransforms {
         for (; o < end; o += 4) {
             float v = ScalarKernels.activate(Math.fma(x.get(F32, o + xs) - mean[c], scale[c], offset[c]), res, o + ys, relu);
             y.set(F32, o + ys, v);
-            if (ws != null) {
-                acc = ReluMask.add(ws, e0, o >>> 2, v <= 0f ? 0 : 1, 1, acc);
-            }
+            acc = ReluMask.add(ws, e0, o >>> 2, v <= 0f ? 0 : 1, 1, acc);
         }
-        if (ws != null) {
-            ReluMask.finish(ws, e0, head, end >>> 2, acc);
-        }
+        ReluMask.finish(ws, e0, head, end >>> 2, acc);
     }
 
     /** Planes in memory order, one flat stream as in {@link #planesNormalize}. */
