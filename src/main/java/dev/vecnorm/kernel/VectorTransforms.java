@@ -47,6 +47,19 @@ final class VectorTransforms {
      */
     private static final IntVector LANE_BITS = IntVector.fromArray(INTS,
             java.util.stream.IntStream.range(0, 16).map(i -> 1 << i).toArray(), 0);
+    /** The lanes of elements [e, e + FL) whose gradient the ReLU cleared (their bits are 0). */
+    private static VectorMask<Float> cleared(MemorySegment ws, long e) {
+        long bits = ReluMask.bitsAt(ws, e);
+        return FL > 8 ? VectorMask.fromLong(FLOATS, ~bits)
+                : IntVector.broadcast(INTS, (int) bits).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS);
+    }
+
+    /** The lanes whose bits in the low FL bits of {@code bits} are 1. */
+    private static VectorMask<Float> passing(long bits) {
+        return FL > 8 ? VectorMask.fromLong(FLOATS, bits)
+                : IntVector.broadcast(INTS, (int) bits).and(LANE_BITS).compare(VectorOperators.NE, 0).cast(FLOATS);
+    }
+
     /** The low FL bits: a full-width mask's lanes. */
     private static final long FL_BITS = (1L << FL) - 1, HL_BITS = (1L << HL) - 1;
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
@@ -256,8 +269,7 @@ final class VectorTransforms {
                 g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + ys, NATIVE).compare(LE, 0f));
             }
             if (ws != null) {
-                g = FL > 8 ? g.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)))
-                        : g.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, o >>> 2)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                g = g.blend(0f, cleared(ws, o >>> 2));
             }
             if (dres != null) {
                 g.intoMemorySegment(dres, o + ys, NATIVE);
@@ -495,8 +507,7 @@ final class VectorTransforms {
                     g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, oo, NATIVE).compare(LE, 0f));
                 }
                 if (ws != null) {
-                    g = FL > 8 ? g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, r * channels + ch)))
-                            : g.blend(ZERO, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, r * channels + ch)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                    g = g.blend(ZERO, cleared(ws, r * channels + ch));
                 }
                 if (dres != null) {
                     g.intoMemorySegment(dres, oo, NATIVE);
@@ -554,8 +565,7 @@ final class VectorTransforms {
                 g = g.blend(ZERO, FloatVector.fromMemorySegment(FLOATS, y, o, NATIVE).compare(LE, 0f));
             }
             if (ws != null) {
-                g = FL > 8 ? g.blend(ZERO, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, o >>> 2)))
-                        : g.blend(ZERO, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, o >>> 2)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                g = g.blend(ZERO, cleared(ws, o >>> 2));
             }
             if (dres != null) {
                 g.intoMemorySegment(dres, o, NATIVE);
@@ -601,14 +611,10 @@ final class VectorTransforms {
                 }
                 if (ws != null) {
                     long e = r * channels + ch;
-                    g0 = FL > 8 ? g0.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e)))
-                            : g0.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
-                    g1 = FL > 8 ? g1.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + channels)))
-                            : g1.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
-                    g2 = FL > 8 ? g2.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 2L * channels)))
-                            : g2.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + 2L * channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
-                    g3 = FL > 8 ? g3.blend(0f, VectorMask.fromLong(FLOATS, ~ReluMask.bitsAt(ws, e + 3L * channels)))
-                            : g3.blend(0f, IntVector.broadcast(INTS, (int) ReluMask.bitsAt(ws, e + 3L * channels)).and(LANE_BITS).compare(VectorOperators.EQ, 0).cast(FLOATS));
+                    g0 = g0.blend(0f, cleared(ws, e));
+                    g1 = g1.blend(0f, cleared(ws, e + channels));
+                    g2 = g2.blend(0f, cleared(ws, e + 2L * channels));
+                    g3 = g3.blend(0f, cleared(ws, e + 3L * channels));
                 }
                 FloatVector v0 = FloatVector.fromMemorySegment(FLOATS, x, o0, NATIVE);
                 FloatVector v1 = FloatVector.fromMemorySegment(FLOATS, x, o1, NATIVE);
@@ -647,9 +653,7 @@ final class VectorTransforms {
         for (long whole = end & ~63L; e < whole; e += 64) {
             long word = ReluMask.word(ws, e >>> 6), i = 4 * (e - bit);
             for (int k = 0; k < 64; k += FL) {
-                VectorMask<Float> pass = FL > 8 ? VectorMask.fromLong(FLOATS, word >>> k)
-                        : IntVector.broadcast(INTS, (int) (word >>> k)).and(LANE_BITS).compare(VectorOperators.NE, 0).cast(FLOATS);
-                ZERO.blend(FloatVector.fromMemorySegment(FLOATS, dy, dyAt + i + 4L * k, NATIVE), pass)
+                ZERO.blend(FloatVector.fromMemorySegment(FLOATS, dy, dyAt + i + 4L * k, NATIVE), passing(word >>> k))
                         .intoMemorySegment(g, gAt + i + 4L * k, NATIVE);
             }
         }
