@@ -60,6 +60,28 @@ final class VectorTransforms {
                 : IntVector.broadcast(INTS, (int) bits).and(LANE_BITS).compare(VectorOperators.NE, 0).cast(FLOATS);
     }
 
+    /**
+     * Whether out of place the NCHW passes take runs too. The stream's blends for every vector
+     * won out of place at 512 bits, where stores limit; below, with no mask registers, they cost
+     * more than the stores (1x64x56x56 inference 3.3x slower than runs; PERFORMANCE.md, the
+     * plane masks).
+     */
+    private static final boolean RUNS_OUT_OF_PLACE = FL <= 8;
+
+    /** Lane i holds i. */
+    private static final IntVector LANE_INDEX = IntVector.fromArray(INTS,
+            java.util.stream.IntStream.range(0, 16).toArray(), 0);
+
+    /**
+     * Lanes k and up (0 <= k <= FL): a vector's lanes in the next plane. Below 512 bits a
+     * compare: there {@code fromLong}, with no mask registers to load, cost the stream about
+     * 15 % (PERFORMANCE.md, the plane masks).
+     */
+    private static VectorMask<Float> upperFrom(long k) {
+        return FL > 8 ? VectorMask.fromLong(FLOATS, -1L << k)
+                : LANE_INDEX.compare(VectorOperators.GE, (int) k).cast(FLOATS);
+    }
+
     /** The low FL bits: a full-width mask's lanes. */
     private static final long FL_BITS = (1L << FL) - 1, HL_BITS = (1L << HL) - 1;
     private static final int WIDE_ROW_CHANNELS = VectorKernels.WIDE_ROW_CHANNELS;
@@ -75,9 +97,10 @@ final class VectorTransforms {
      * Planes in memory order, as one flat stream of vectors: a vector that straddles two planes
      * takes the second plane's parameters in its upper lanes (a blend under a mask), so there is
      * no per-plane remainder or scalar tail (a 7x7 plane is 49 floats). Needs planes of at least
-     * one vector. Out of place the blend for every vector ({@link #normalizeStream}) is faster;
-     * in place, where no store fetches its line first, plain runs with a blend only at plane
-     * boundaries ({@link #normalizeRuns}) win from 14x14 planes on (PERFORMANCE.md, transforms).
+     * one vector. At 512 bits, out of place, the blend for every vector ({@link #normalizeStream})
+     * is faster; in place, where no store fetches its line first, and below 512 bits everywhere,
+     * plain runs with a blend only at plane boundaries ({@link #normalizeRuns}) win (from 14x14
+     * planes on in place at 512 bits; PERFORMANCE.md, transforms and the plane masks).
      * Both give the same bits; y over the residual counts as in place.
      */
     static void planesNormalize(MemorySegment x, MemorySegment residual, MemorySegment y,
@@ -88,7 +111,7 @@ final class VectorTransforms {
             SCALAR.planesNormalize(x, residual, y, ws, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         } else if (ws != null) {
             normalizeStreamMasked(x, residual, y, ws, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
-        } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && (x.equals(y) && xs == ys || y.equals(residual))) {
+        } else if (spatial >= 4 * FL && spatial <= Integer.MAX_VALUE && (RUNS_OUT_OF_PLACE || x.equals(y) && xs == ys || y.equals(residual))) {
             normalizeRuns(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
         } else {
             normalizeStream(x, residual, y, relu, channels, spatial, xs, ys, p0, p1, mean, scale, offset);
@@ -109,7 +132,7 @@ final class VectorTransforms {
         long left = spatial;                       // floats of plane c from o on
         for (; o <= end - 4L * FL; o += 4L * FL) {
             int next = c + 1 == channels ? 0 : c + 1;
-            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            VectorMask<Float> upper = upperFrom(Math.min(left, FL));
             FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
             FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
             FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
@@ -170,7 +193,7 @@ final class VectorTransforms {
             FloatVector an = FloatVector.broadcast(FLOATS, scale[next]);
             FloatVector bn = FloatVector.broadcast(FLOATS, offset[next]);
             if (left > 0) {
-                VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << left);
+                VectorMask<Float> upper = upperFrom(left);
                 FloatVector v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m.blend(mn, upper)).fma(a.blend(an, upper), b.blend(bn, upper));
                 if (res != null) {
                     v = v.add(FloatVector.fromMemorySegment(FLOATS, res, o + ys, NATIVE));
@@ -208,7 +231,7 @@ final class VectorTransforms {
         long e0 = o >>> 2, acc = 0, head = 0;      // the mask's bit writer (see ReluMask.add)
         for (; o <= end - 4L * FL; o += 4L * FL) {
             int next = c + 1 == channels ? 0 : c + 1;
-            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            VectorMask<Float> upper = upperFrom(Math.min(left, FL));
             FloatVector m = FloatVector.broadcast(FLOATS, mean[c]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
             FloatVector a = FloatVector.broadcast(FLOATS, scale[c]).blend(FloatVector.broadcast(FLOATS, scale[next]), upper);
             FloatVector b = FloatVector.broadcast(FLOATS, offset[c]).blend(FloatVector.broadcast(FLOATS, offset[next]), upper);
@@ -253,13 +276,18 @@ final class VectorTransforms {
             SCALAR.planesGradientInput(x, dy, y, ws, dx, dres, channels, spatial, xs, ys, p0, p1, mean, a, b, c);
             return;
         }
+        // Without x (g alone, or frozen statistics) the runs boxed their parameter vectors.
+        if (RUNS_OUT_OF_PLACE && x != null && spatial >= 4 * FL && spatial <= Integer.MAX_VALUE) {
+            gradientRuns(x, dy, y, ws, dx, dres, channels, spatial, xs, ys, p0, p1, mean, a, b, c);
+            return;
+        }
         long end = 4L * p1 * spatial;
         long o = 4L * p0 * spatial;
         int ch = p0 % channels;
         long left = spatial;                       // floats of plane ch from o on
         for (; o <= end - 4L * FL; o += 4L * FL) {
             int next = ch + 1 == channels ? 0 : ch + 1;
-            VectorMask<Float> upper = VectorMask.fromLong(FLOATS, -1L << Math.min(left, FL));
+            VectorMask<Float> upper = upperFrom(Math.min(left, FL));
             FloatVector m = FloatVector.broadcast(FLOATS, mean[ch]).blend(FloatVector.broadcast(FLOATS, mean[next]), upper);
             FloatVector av = FloatVector.broadcast(FLOATS, a[ch]).blend(FloatVector.broadcast(FLOATS, a[next]), upper);
             FloatVector bv = FloatVector.broadcast(FLOATS, b[ch]).blend(FloatVector.broadcast(FLOATS, b[next]), upper);
@@ -285,6 +313,81 @@ final class VectorTransforms {
         }
         for (; o < end; o += 4) {
             ScalarKernels.gradientInput(x, dy, y, ws, o >>> 2, dx, dres, o + xs, o + ys, mean[ch], a[ch], b[ch], c[ch]);
+        }
+    }
+
+    /** The dx stream as runs of whole vectors per plane, as {@link #normalizeRuns}. */
+    private static void gradientRuns(MemorySegment x, MemorySegment dy, MemorySegment y,
+                                     MemorySegment ws, MemorySegment dx, MemorySegment dres,
+                                     int channels, long spatial, long xs, long ys, int p0, int p1,
+                                     float[] mean, float[] a, float[] b, float[] c) {
+        long end = 4L * p1 * spatial;
+        long o = 4L * p0 * spatial;
+        int ch = p0 % channels;
+        long left = spatial;                       // floats of plane ch from o on
+        while (true) {
+            FloatVector m = FloatVector.broadcast(FLOATS, mean[ch]);
+            FloatVector av = FloatVector.broadcast(FLOATS, a[ch]);
+            FloatVector bv = FloatVector.broadcast(FLOATS, b[ch]);
+            FloatVector cv = FloatVector.broadcast(FLOATS, c[ch]);
+            int whole = (int) (left / FL);
+            for (int i = 0; i < whole; i++) {
+                long at = o + (long) i * (4 * FL);
+                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, at + ys, NATIVE);
+                if (y != null) {
+                    g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, at + ys, NATIVE).compare(LE, 0f));
+                }
+                if (ws != null) {
+                    g = g.blend(0f, cleared(ws, at >>> 2));
+                }
+                if (dres != null) {
+                    g.intoMemorySegment(dres, at + ys, NATIVE);
+                }
+                FloatVector v = g.fma(av, cv);
+                if (x != null) {
+                    v = FloatVector.fromMemorySegment(FLOATS, x, at + xs, NATIVE).sub(m).fma(bv, v);
+                }
+                v.intoMemorySegment(dx, at + xs, NATIVE);
+            }
+            o += (long) whole * (4 * FL);
+            left -= (long) whole * FL;
+            if (o == end) {
+                return;
+            }
+            if (o + 4 * left == end) {             // the last plane's end: no next plane to blend
+                for (; o < end; o += 4) {
+                    ScalarKernels.gradientInput(x, dy, y, ws, o >>> 2, dx, dres, o + xs, o + ys, mean[ch], a[ch], b[ch], c[ch]);
+                }
+                return;
+            }
+            int next = ch + 1 == channels ? 0 : ch + 1;
+            if (left > 0) {
+                FloatVector mn = FloatVector.broadcast(FLOATS, mean[next]);
+                FloatVector an = FloatVector.broadcast(FLOATS, a[next]);
+                FloatVector bn = FloatVector.broadcast(FLOATS, b[next]);
+                FloatVector cn = FloatVector.broadcast(FLOATS, c[next]);
+                VectorMask<Float> upper = upperFrom(left);
+                FloatVector g = FloatVector.fromMemorySegment(FLOATS, dy, o + ys, NATIVE);
+                if (y != null) {
+                    g = g.blend(0f, FloatVector.fromMemorySegment(FLOATS, y, o + ys, NATIVE).compare(LE, 0f));
+                }
+                if (ws != null) {
+                    g = g.blend(0f, cleared(ws, o >>> 2));
+                }
+                if (dres != null) {
+                    g.intoMemorySegment(dres, o + ys, NATIVE);
+                }
+                FloatVector v = g.fma(av.blend(an, upper), cv.blend(cn, upper));
+                if (x != null) {
+                    v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m.blend(mn, upper)).fma(bv.blend(bn, upper), v);
+                }
+                v.intoMemorySegment(dx, o + xs, NATIVE);
+                o += 4L * FL;
+                left += spatial - FL;
+            } else {
+                left = spatial;
+            }
+            ch = next;
         }
     }
 
