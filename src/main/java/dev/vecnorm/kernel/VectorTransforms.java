@@ -316,7 +316,7 @@ final class VectorTransforms {
         }
     }
 
-    /** The dx stream as runs of whole vectors per plane, as {@link #normalizeRuns}. */
+    /** The dx stream as runs of whole vectors per plane, as {@link #normalizeRuns}; x is not null. */
     private static void gradientRuns(MemorySegment x, MemorySegment dy, MemorySegment y,
                                      MemorySegment ws, MemorySegment dx, MemorySegment dres,
                                      int channels, long spatial, long xs, long ys, int p0, int p1,
@@ -343,11 +343,8 @@ final class VectorTransforms {
                 if (dres != null) {
                     g.intoMemorySegment(dres, at + ys, NATIVE);
                 }
-                FloatVector v = g.fma(av, cv);
-                if (x != null) {
-                    v = FloatVector.fromMemorySegment(FLOATS, x, at + xs, NATIVE).sub(m).fma(bv, v);
-                }
-                v.intoMemorySegment(dx, at + xs, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, at + xs, NATIVE).sub(m).fma(bv, g.fma(av, cv))
+                        .intoMemorySegment(dx, at + xs, NATIVE);
             }
             o += (long) whole * (4 * FL);
             left -= (long) whole * FL;
@@ -377,11 +374,9 @@ final class VectorTransforms {
                 if (dres != null) {
                     g.intoMemorySegment(dres, o + ys, NATIVE);
                 }
-                FloatVector v = g.fma(av.blend(an, upper), cv.blend(cn, upper));
-                if (x != null) {
-                    v = FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m.blend(mn, upper)).fma(bv.blend(bn, upper), v);
-                }
-                v.intoMemorySegment(dx, o + xs, NATIVE);
+                FloatVector.fromMemorySegment(FLOATS, x, o + xs, NATIVE).sub(m.blend(mn, upper))
+                        .fma(bv.blend(bn, upper), g.fma(av.blend(an, upper), cv.blend(cn, upper)))
+                        .intoMemorySegment(dx, o + xs, NATIVE);
                 o += 4L * FL;
                 left += spatial - FL;
             } else {
